@@ -1,0 +1,140 @@
+"""The one exception tree of imagestudio.
+
+Everything the service raises on purpose is an ``ImageStudioError``. Foreign exceptions
+(``openai``, ``httpx``, Pillow, SQLAlchemy) are mapped into this tree at the boundary that
+meets them, with ``raise Mapped(...) from exc`` so the cause is kept.
+
+    ImageStudioError
+    ├── InputError                  the user's input is wrong; not worth retrying
+    │   ├── PayloadInvalid          a field of the submitted payload (HTTP 422)
+    │   ├── JobConflict             a used job_id with a different payload (HTTP 409)
+    │   ├── JobNotFound             no such job for this user (HTTP 404)
+    │   ├── UnsafeURL               a URL we refuse to fetch (scheme, private address)
+    │   ├── SourceNotFound          the source image answered 4xx (404, 403, ...)
+    │   ├── SourceTooLarge          the source exceeds the byte or pixel cap
+    │   └── BadImage                the bytes are not an image we can decode
+    ├── SourceUnavailable           the source host failed or timed out (transient)
+    ├── ProviderError               the image provider said no or failed
+    │   ├── RateLimited             429 rate limit; ``retry_after`` seconds if the server said
+    │   ├── ProviderTimeout         no answer in time; ``sent`` if the request may be billed
+    │   ├── ProviderUnavailable     5xx, connection refused or reset
+    │   ├── NoImageReturned         a 2xx answer without an image in it
+    │   ├── ContentRejected         content policy refusal (permanent for the image)
+    │   ├── ProviderBadRequest      the provider rejected the request (permanent)
+    │   ├── AuthFailed              401/403: the key is wrong (fatal for the job)
+    │   └── QuotaExhausted          429 ``insufficient_quota`` (fatal for the job)
+    ├── StorageError                the result could not be written
+    └── LeaseLost                   this worker no longer owns the task (fencing)
+
+The retry policy (``scheduler.retry``) decides what each class means for an image and a job;
+nothing above a provider adapter looks at an ``openai`` or ``httpx`` exception type.
+"""
+
+from __future__ import annotations
+
+
+class ImageStudioError(Exception):
+    """Base of every error imagestudio raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InputError(ImageStudioError):
+    """The input is wrong; retrying the same input cannot help."""
+
+
+class PayloadInvalid(InputError):
+    """A field of a submitted payload is invalid; ``field`` is its dotted path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class JobConflict(InputError):
+    """A ``job_id`` already used by this user with a different payload."""
+
+
+class JobNotFound(InputError):
+    """No job with that id belongs to this user."""
+
+
+class UnsafeURL(InputError):
+    """A URL we refuse to fetch: bad scheme, or a private/loopback/metadata address."""
+
+
+class SourceNotFound(InputError):
+    """The source image URL answered with a client error (404, 403, 410, ...)."""
+
+
+class SourceTooLarge(InputError):
+    """The source image is larger than the configured byte or pixel limit."""
+
+
+class BadImage(InputError):
+    """The bytes could not be decoded as a supported image."""
+
+
+class SourceUnavailable(ImageStudioError):
+    """The source host failed, timed out or answered 5xx; worth retrying."""
+
+
+class ProviderError(ImageStudioError):
+    """The image provider failed; ``status_code`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class RateLimited(ProviderError):
+    """429 rate limit. ``retry_after`` is the wait in seconds the server asked for, if any."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status_code: int | None = 429
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class ProviderTimeout(ProviderError):
+    """No answer in time. ``sent`` is True when the request may have reached the provider."""
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class ProviderUnavailable(ProviderError):
+    """5xx, or the connection was refused or reset."""
+
+
+class NoImageReturned(ProviderError):
+    """The provider answered 2xx without an image in the answer."""
+
+
+class ContentRejected(ProviderError):
+    """The provider refused the content (safety/content policy)."""
+
+
+class ProviderBadRequest(ProviderError):
+    """The provider rejected the request as malformed or unsupported."""
+
+
+class AuthFailed(ProviderError):
+    """The API key was rejected (401/403)."""
+
+
+class QuotaExhausted(ProviderError):
+    """The account has no quota or credit left (429 ``insufficient_quota``)."""
+
+
+class StorageError(ImageStudioError):
+    """A result could not be written to or read from storage."""
+
+
+class LeaseLost(ImageStudioError):
+    """The worker's lease on a task expired or was taken over by a newer attempt."""

@@ -1,0 +1,1 @@
+"""Source fetch (SSRF-safe), decoding and post-processing of images."""

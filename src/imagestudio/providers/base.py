@@ -1,0 +1,40 @@
+"""The provider interface the task runner calls, and the size rule for each model family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """A source image ready to upload: its bytes, a filename and its MIME type."""
+
+    data: bytes
+    filename: str
+    mime: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    prompt: str
+    model: str
+    size: str
+    source: SourceFile | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    api_base: str
+    api_key: str
+    model: str
+    api_style: Literal["images", "chat"]
+    timeout_seconds: float = 180.0
+
+
+class ImageProvider(Protocol):
+    """Generates one image. Raises only ``imagestudio.errors.ProviderError`` subclasses."""
+
+    async def generate(self, request: ImageRequest) -> bytes: ...
+
+    async def aclose(self) -> None: ...

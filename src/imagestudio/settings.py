@@ -1,0 +1,78 @@
+"""Settings from ``IMAGESTUDIO_*`` environment variables and a ``.env`` file.
+
+Built by ``create_app()`` and the CLI, never at import time, so tests inject their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGESTUDIO_", env_file=".env", extra="ignore", env_file_encoding="utf-8"
+    )
+
+    data_dir: Path = Path(".imagestudio")
+    database_url: str | None = None
+    storage_url: str | None = None
+    api_tokens: SecretStr = SecretStr("")
+    secret_key: SecretStr | None = None
+    allow_private_urls: str = ""
+    public_base_url: str | None = None
+
+    # Intake limits.
+    max_images_per_job: int = Field(default=5000, ge=1)
+
+    # Worker behaviour.
+    worker_concurrency: int = Field(default=8, ge=1)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    poll_interval: float = Field(default=0.5, gt=0)
+    max_attempts: int = Field(default=4, ge=1)
+    max_rate_limit_snoozes: int = Field(default=50, ge=0)
+    max_billed_timeouts: int = Field(default=1, ge=0)
+    image_deadline_seconds: float = Field(default=1800.0, gt=0)
+    backoff_base_seconds: float = Field(default=1.0, ge=0)
+    backoff_max_seconds: float = Field(default=60.0, ge=0)
+
+    # Source fetch and provider calls.
+    source_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    source_timeout_seconds: float = Field(default=30.0, gt=0)
+    provider_timeout_seconds: float = Field(default=180.0, gt=0)
+    max_pixels: int = Field(default=64_000_000, ge=1)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'imagestudio.db').resolve()}"
+
+    @property
+    def effective_storage_url(self) -> str:
+        return self.storage_url or str((self.data_dir / "results").resolve())
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    def token_users(self) -> dict[str, str]:
+        """``token=user_id,token2=user_id2`` as a mapping of token to user id."""
+        pairs = [p.strip() for p in self.api_tokens.get_secret_value().split(",") if p.strip()]
+        users: dict[str, str] = {}
+        for pair in pairs:
+            token, sep, user = pair.partition("=")
+            if not sep or not token.strip() or not user.strip():
+                raise ValueError("IMAGESTUDIO_API_TOKENS must look like token=user_id,...")
+            users[token.strip()] = user.strip()
+        return users
+
+    def private_allow_list(self) -> list[str]:
+        return [p.strip() for p in self.allow_private_urls.split(",") if p.strip()]
