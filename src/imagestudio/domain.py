@@ -159,3 +159,19 @@ def redacted_config(payload: JobPayload) -> dict[str, Any]:
     config = payload.model_dump(mode="json", by_alias=True, exclude_none=False)
     config["options"].pop("api_key", None)
     return config
+
+
+def rollup_status(counts: dict[str, int], *, cancel_requested: bool) -> JobStatus:
+    """A job's status from its images' counts by status (pure)."""
+    total = sum(counts.values())
+    active = counts.get(ImageStatus.QUEUED, 0) + counts.get(ImageStatus.RUNNING, 0)
+    succeeded = counts.get(ImageStatus.SUCCEEDED, 0)
+    failed = counts.get(ImageStatus.FAILED, 0)
+    if active:
+        started = total - counts.get(ImageStatus.QUEUED, 0)
+        return JobStatus.RUNNING if started else JobStatus.QUEUED
+    if cancel_requested or counts.get(ImageStatus.CANCELLED, 0):
+        return JobStatus.CANCELLED
+    if failed == 0:
+        return JobStatus.SUCCEEDED
+    return JobStatus.PARTIALLY_FAILED if succeeded else JobStatus.FAILED

@@ -1,0 +1,200 @@
+"""Validate a submitted payload and turn it into a ``JobSpec``. Pure: no I/O.
+
+Every refusal is a ``PayloadInvalid`` naming the field by its dotted path, which the API turns
+into a 422.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from imagestudio.domain import (
+    BATCH_SKU,
+    MAX_SIDE,
+    MIN_SIDE,
+    OUTPUT_FORMATS,
+    ImageSpec,
+    JobPayload,
+    JobSpec,
+    OutputSpec,
+    ProviderSpec,
+    SourceImage,
+    payload_hash,
+    redacted_config,
+)
+from imagestudio.errors import PayloadInvalid
+from imagestudio.prompts import build_prompt
+from imagestudio.providers.factory import choose_api_style
+
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX*]\s*(\d+)\s*$")
+_FORMAT_ALIASES = {"jpg": "jpeg"}
+DEFAULT_SIDE = 1024
+DEFAULT_QUALITY = 90
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeLimits:
+    max_images: int = 5000
+
+
+def parse_payload(raw: Any) -> JobPayload:
+    """Parse JSON into a ``JobPayload``; pydantic's first error becomes a ``PayloadInvalid``."""
+    try:
+        return JobPayload.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise PayloadInvalid(field, first["msg"].removeprefix("Value error, ")) from exc
+
+
+def build_job_spec(payload: JobPayload, *, user_id: str, limits: IntakeLimits) -> JobSpec:
+    """Check what pydantic cannot and normalize the payload into a ``JobSpec``."""
+    options = payload.options
+    api_key = (options.api_key or "").strip()
+    if not api_key:
+        raise PayloadInvalid("options.api_key", "an API key for the image provider is required")
+    api_base = _check_url("options.api_base", options.api_base or "")
+    model = (options.model or "").strip()
+    if not model:
+        raise PayloadInvalid("options.model", "a model name is required")
+    images = _images(payload, limits)
+    config = redacted_config(payload)
+    return JobSpec(
+        job_id=payload.job_id,
+        user_id=user_id,
+        mode=payload.mode,
+        output=output_spec(payload),
+        provider=ProviderSpec(
+            api_base=api_base.rstrip("/"),
+            model=model,
+            api_style=choose_api_style(model, options.api_style),
+        ),
+        images=images,
+        config=config,
+        payload_hash=payload_hash(config),
+        api_key=api_key,
+        max_concurrency=options.max_concurrency,
+        sku_serial=options.sku_serial,
+    )
+
+
+def output_spec(payload: JobPayload) -> OutputSpec:
+    """Explicit ``target_*``/``output_format``/``quality`` win over ``options.settings``."""
+    options, settings = payload.options, payload.options.settings
+    width, height = options.target_width, options.target_height
+    if settings.image_size is not None and (width is None or height is None):
+        parsed = _SIZE.match(settings.image_size)
+        if parsed is None:
+            raise PayloadInvalid("options.settings.imageSize", "expected WIDTHxHEIGHT, e.g. 1536x1536")
+        width = width if width is not None else int(parsed.group(1))
+        height = height if height is not None else int(parsed.group(2))
+    width = _side("options.target_width", width if width is not None else DEFAULT_SIDE)
+    height = _side("options.target_height", height if height is not None else DEFAULT_SIDE)
+    fmt_field = "options.output_format" if options.output_format else "options.settings.imageFormat"
+    fmt = (options.output_format or settings.image_format or "png").strip().lower()
+    fmt = _FORMAT_ALIASES.get(fmt, fmt)
+    if fmt not in OUTPUT_FORMATS:
+        raise PayloadInvalid(fmt_field, f"unknown format {fmt!r}; supported: {', '.join(OUTPUT_FORMATS)}")
+    quality_field = "options.quality" if options.quality is not None else "options.settings.quality"
+    quality = options.quality if options.quality is not None else settings.quality
+    quality = DEFAULT_QUALITY if quality is None else quality
+    if not 1 <= quality <= 100:
+        raise PayloadInvalid(quality_field, f"quality {quality} is out of range 1..100")
+    return OutputSpec(width=width, height=height, format=fmt, quality=quality)
+
+
+def _side(field: str, value: int) -> int:
+    if not MIN_SIDE <= value <= MAX_SIDE:
+        raise PayloadInvalid(field, f"{value} is out of range {MIN_SIDE}..{MAX_SIDE}")
+    return value
+
+
+def _check_url(field: str, url: str) -> str:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PayloadInvalid(field, f"expected an http(s) URL, got {url[:200]!r}")
+    return url.strip()
+
+
+def _images(payload: JobPayload, limits: IntakeLimits) -> tuple[ImageSpec, ...]:
+    options = payload.options
+    selected = _selected(payload, _skus(payload))
+    if len(selected) > limits.max_images:
+        raise PayloadInvalid(
+            "options.sku_images_map",
+            f"{len(selected)} images exceed the maximum of {limits.max_images}",
+        )
+    specs: list[ImageSpec] = []
+    for sku, index, image in selected:
+        prompt = build_prompt(
+            options.prompt_templates, use_english=options.use_english, is_main=index == 0
+        )
+        if not prompt:
+            raise PayloadInvalid(
+                "options.prompt_templates", "no template gives a prompt (need common_cn or common_en)"
+            )
+        stem = image.stem or _stem_of(image.name or image.url) or f"{sku}-{index + 1}"
+        specs.append(
+            ImageSpec(
+                position=len(specs),
+                sku=sku,
+                sku_index=index,
+                stem=stem,
+                name=image.name or stem,
+                source_url=_check_url(f"options.sku_images_map.{sku}.{index}.url", image.url),
+                prompt=prompt,
+            )
+        )
+    return tuple(specs)
+
+
+def _skus(payload: JobPayload) -> list[str]:
+    """The SKUs in order, checked against ``sku_images_map`` both ways."""
+    options = payload.options
+    skus = list(options.skus)
+    if not skus and payload.sku and payload.sku != BATCH_SKU:
+        skus = [payload.sku]
+    if not skus:
+        raise PayloadInvalid("options.skus", "at least one SKU is required")
+    if len(set(skus)) != len(skus):
+        raise PayloadInvalid("options.skus", "a SKU is listed twice")
+    for sku in skus:
+        if not options.sku_images_map.get(sku):
+            raise PayloadInvalid(f"options.sku_images_map.{sku}", "this SKU has no images")
+    for sku in options.sku_images_map:
+        if sku not in skus:
+            raise PayloadInvalid(f"options.sku_images_map.{sku}", "images for a SKU not in options.skus")
+    return skus
+
+
+def _selected(payload: JobPayload, skus: list[str]) -> list[tuple[str, int, SourceImage]]:
+    """Every (sku, index, image) to process; the single-image form keeps only its one image.
+
+    The single-image form is a payload whose top-level ``sku`` is a real SKU (not
+    ``__batch__``) and whose ``stem`` is set: only that SKU's image with that stem is made.
+    """
+    options = payload.options
+    chosen = [(sku, i, img) for sku in skus for i, img in enumerate(options.sku_images_map[sku])]
+    single = payload.mode == "single_generate" or (
+        payload.sku not in (None, BATCH_SKU) and payload.stem is not None
+    )
+    if not single:
+        return chosen
+    if payload.stem is None:
+        if len(chosen) != 1:
+            raise PayloadInvalid("stem", "single_generate needs a stem or exactly one image")
+        return chosen
+    match = [c for c in chosen if c[0] == payload.sku and c[2].stem == payload.stem]
+    if not match:
+        raise PayloadInvalid("stem", f"no image with stem {payload.stem!r} under sku {payload.sku!r}")
+    return match[:1]
+
+
+def _stem_of(name: str) -> str:
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    return base.rsplit(".", 1)[0] if "." in base else base

@@ -1,0 +1,131 @@
+"""Plain values the store returns and takes. No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from imagestudio.domain import OutputSpec
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: str
+    user_id: str
+    job_id: str
+    mode: str
+    status: str
+    total: int
+    config: dict[str, Any]
+    payload_hash: str
+    result_image_urls: list[str]
+    error: str | None
+    api_base: str
+    model: str
+    api_style: str
+    provider_key: str
+    output: OutputSpec
+    max_concurrency: int | None
+    sku_serial: bool
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    job: JobRecord
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    """An image task this worker holds a lease on; ``fence`` identifies this attempt."""
+
+    image_id: int
+    job_pk: str
+    fence: int
+    attempts: int
+    snoozes: int
+    billed_timeouts: int
+    position: int
+    sku: str
+    stem: str
+    source_url: str
+    prompt: str
+    first_started_at: datetime
+    job: JobRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    result_key: str
+    result_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    run_after: datetime
+    error: str
+    error_kind: str
+    wait_seconds: float
+    consumes_attempt: bool = True
+    billed_timeout: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: str
+    error_kind: str
+    fail_job: bool = False
+
+
+Outcome = Succeeded | Requeue | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    id: int
+    position: int
+    sku: str
+    sku_index: int
+    stem: str
+    name: str
+    source_url: str
+    prompt: str
+    status: str
+    attempts: int
+    calls: int
+    snoozes: int
+    result_url: str | None
+    result_key: str | None
+    error: str | None
+    error_kind: str | None
+    run_after: datetime
+    first_started_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    image_id: int
+    position: int
+    sku: str
+    stem: str
+    fence: int
+    worker: str
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: str | None
+    error: str | None
+    wait_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    job: JobRecord
+    counts: dict[str, int]
+    per_sku: dict[str, dict[str, int]] = field(default_factory=dict)

@@ -1,0 +1,519 @@
+"""The store: every read and write of jobs and image tasks, SQL kept in this one place.
+
+The same code runs on SQLite (embedded default; every transaction ``BEGIN IMMEDIATE``) and on
+PostgreSQL (claims with ``FOR UPDATE SKIP LOCKED``; completions lock the job row so the
+roll-up never loses an update).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from imagestudio.domain import (
+    TERMINAL_JOB_STATUSES,
+    ImageStatus,
+    JobSpec,
+    JobStatus,
+    OutputSpec,
+    rollup_status,
+)
+from imagestudio.errors import JobConflict, JobNotFound, LeaseLost
+from imagestudio.store.models import (
+    AttemptRecord,
+    ClaimedTask,
+    Failed,
+    ImageRecord,
+    JobProgress,
+    JobRecord,
+    Outcome,
+    Requeue,
+    SubmitResult,
+    Succeeded,
+)
+from imagestudio.store.tables import ai_job, ai_job_attempt, ai_job_image, ai_job_secret
+
+Clock = Callable[[], datetime]
+QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def provider_key(api_base: str, api_key: str, model: str) -> str:
+    """Identifies one provider account and model without revealing the key."""
+    digest = hashlib.sha256(f"{api_base}\n{api_key}\n{model}".encode()).hexdigest()
+    return digest[:32]
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- intake -------------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec, sealed_key: bytes) -> SubmitResult:
+        """Insert the job and all its images in one transaction, or return the existing job.
+
+        The unique ``(user_id, job_id)`` constraint with ``ON CONFLICT DO NOTHING`` makes
+        concurrent identical submissions race-free: exactly one inserts.
+        """
+        now = self.clock()
+        pk = uuid.uuid4().hex
+        job_id = spec.job_id or pk
+        async with self.engine.begin() as conn:
+            inserted = await conn.scalar(self._insert_job(spec, pk, job_id, now))
+            if inserted is not None:
+                await conn.execute(ai_job_image.insert(), _image_rows(spec, pk, now))
+                await conn.execute(ai_job_secret.insert().values(job_pk=pk, api_key_enc=sealed_key))
+        job = await self._job_by_key(spec.user_id, job_id)
+        if inserted is None and job.payload_hash != spec.payload_hash:
+            raise JobConflict(
+                f"job_id {job_id!r} was already used for a different payload; "
+                "use a new job_id for a new job"
+            )
+        return SubmitResult(job=job, created=inserted is not None)
+
+    def _insert_job(self, spec: JobSpec, pk: str, job_id: str, now: datetime) -> Any:
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        values = {
+            "id": pk,
+            "type": "image_studio",
+            "user_id": spec.user_id,
+            "job_id": job_id,
+            "mode": spec.mode,
+            "status": JobStatus.QUEUED.value,
+            "config": spec.config,
+            "payload_hash": spec.payload_hash,
+            "result_image_urls": [],
+            "total": len(spec.images),
+            "api_base": spec.provider.api_base,
+            "model": spec.provider.model,
+            "api_style": spec.provider.api_style,
+            "provider_key": provider_key(spec.provider.api_base, spec.api_key, spec.provider.model),
+            "out_width": spec.output.width,
+            "out_height": spec.output.height,
+            "out_format": spec.output.format,
+            "out_quality": spec.output.quality,
+            "max_concurrency": spec.max_concurrency,
+            "sku_serial": spec.sku_serial,
+            "cancel_requested": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        stmt = dialect_insert(ai_job).values(**values)
+        return stmt.on_conflict_do_nothing(index_elements=["user_id", "job_id"]).returning(
+            ai_job.c.id
+        )
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def _job_by_key(self, user_id: str, job_id: str) -> JobRecord:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(ai_job).where(ai_job.c.user_id == user_id, ai_job.c.job_id == job_id)
+                )
+            ).first()
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return _job_record(row)
+
+    async def get_job(self, user_id: str, job_id: str) -> JobRecord:
+        return await self._job_by_key(user_id, job_id)
+
+    async def progress(self, user_id: str, job_id: str) -> JobProgress:
+        job = await self._job_by_key(user_id, job_id)
+        query = (
+            select(ai_job_image.c.sku, ai_job_image.c.status, func.count())
+            .where(ai_job_image.c.job_pk == job.id)
+            .group_by(ai_job_image.c.sku, ai_job_image.c.status)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        counts = {s.value: 0 for s in ImageStatus}
+        per_sku: dict[str, dict[str, int]] = {}
+        for sku, status, n in rows:
+            counts[status] += n
+            per_sku.setdefault(sku, {s.value: 0 for s in ImageStatus})[status] += n
+        ordered = {sku: per_sku[sku] for sku in _sku_order(job) if sku in per_sku}
+        return JobProgress(job=job, counts=counts, per_sku=ordered)
+
+    async def list_jobs(self, user_id: str, *, limit: int = 50, offset: int = 0) -> list[JobRecord]:
+        query = (
+            select(ai_job)
+            .where(ai_job.c.user_id == user_id)
+            .order_by(ai_job.c.created_at.desc(), ai_job.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self.engine.connect() as conn:
+            return [_job_record(r) for r in (await conn.execute(query)).all()]
+
+    async def images(self, job_pk: str) -> list[ImageRecord]:
+        query = (
+            select(ai_job_image)
+            .where(ai_job_image.c.job_pk == job_pk)
+            .order_by(ai_job_image.c.position)
+        )
+        async with self.engine.connect() as conn:
+            return [_image_record(r) for r in (await conn.execute(query)).all()]
+
+    async def attempts(self, job_pk: str) -> list[AttemptRecord]:
+        a, i = ai_job_attempt, ai_job_image
+        query = (
+            select(a, i.c.position, i.c.sku, i.c.stem)
+            .join(i, i.c.id == a.c.image_id)
+            .where(a.c.job_pk == job_pk)
+            .order_by(a.c.started_at, a.c.id)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            AttemptRecord(
+                image_id=r.image_id,
+                position=r.position,
+                sku=r.sku,
+                stem=r.stem,
+                fence=r.fence,
+                worker=r.worker,
+                started_at=r.started_at,
+                ended_at=r.ended_at,
+                outcome=r.outcome,
+                error=r.error,
+                wait_seconds=r.wait_seconds,
+            )
+            for r in rows
+        ]
+
+    async def sealed_key(self, job_pk: str) -> bytes | None:
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(
+                select(ai_job_secret.c.api_key_enc).where(ai_job_secret.c.job_pk == job_pk)
+            )
+        return bytes(value) if value is not None else None
+
+    async def queue_depth(self) -> int:
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(
+                select(func.count()).where(ai_job_image.c.status == QUEUED)
+            )
+        return int(value or 0)
+
+    # -- the worker's side --------------------------------------------------------------
+
+    async def claim(self, worker: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
+        """Lease up to ``limit`` runnable tasks: queued and due, or running with a dead lease.
+
+        This is the one place that decides "may this task start now?".
+        """
+        if limit <= 0:
+            return []
+        now = self.clock()
+        until = now + timedelta(seconds=lease_seconds)
+        img = ai_job_image
+        candidates = (
+            select(img.c.id)
+            .join(ai_job, ai_job.c.id == img.c.job_pk)
+            .where(_runnable(now))
+            .order_by(ai_job.c.created_at, img.c.job_pk, img.c.position)
+            .limit(limit)
+            .with_for_update(of=img, skip_locked=True)
+        )
+        claim = (
+            update(img)
+            .where(img.c.id.in_(candidates.scalar_subquery()))
+            .values(
+                status=RUNNING,
+                fence=img.c.fence + 1,
+                attempts=img.c.attempts + 1,
+                calls=img.c.calls + 1,
+                lease_owner=worker,
+                lease_expires_at=until,
+                started_at=now,
+                first_started_at=func.coalesce(img.c.first_started_at, now),
+                updated_at=now,
+            )
+            .returning(img)
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(claim)).all()
+            if not rows:
+                return []
+            job_pks = sorted({r.job_pk for r in rows})
+            await conn.execute(
+                update(ai_job)
+                .where(ai_job.c.id.in_(job_pks), ai_job.c.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.RUNNING.value, updated_at=now)
+            )
+            await conn.execute(
+                ai_job_attempt.insert(),
+                [
+                    {"job_pk": r.job_pk, "image_id": r.id, "fence": r.fence, "worker": worker,
+                     "started_at": now}
+                    for r in rows
+                ],
+            )
+            jobs = await _jobs_by_pk(conn, job_pks)
+        return [_claimed(r, jobs[r.job_pk]) for r in rows]
+
+    async def heartbeat(self, worker: str, image_ids: Sequence[int], lease_seconds: float) -> int:
+        """Extend this worker's leases; returns how many are still held."""
+        if not image_ids:
+            return 0
+        until = self.clock() + timedelta(seconds=lease_seconds)
+        img = ai_job_image
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(img)
+                .where(img.c.id.in_(list(image_ids)), img.c.lease_owner == worker,
+                       img.c.status == RUNNING)
+                .values(lease_expires_at=until)
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def finish(self, task: ClaimedTask, outcome: Outcome) -> str:
+        """Record the attempt's outcome if this attempt still holds the task (fencing).
+
+        Raises ``LeaseLost`` when a newer attempt took the task over; nothing is written then.
+        Returns the job's status after the roll-up.
+        """
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            await self._lock_job(conn, task.job_pk)
+            result = await conn.execute(
+                update(ai_job_image)
+                .where(
+                    ai_job_image.c.id == task.image_id,
+                    ai_job_image.c.fence == task.fence,
+                    ai_job_image.c.status == RUNNING,
+                )
+                .values(**_outcome_values(outcome, now))
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise LeaseLost(f"image {task.image_id} attempt {task.fence} lost its lease")
+            await conn.execute(
+                update(ai_job_attempt)
+                .where(
+                    ai_job_attempt.c.image_id == task.image_id,
+                    ai_job_attempt.c.fence == task.fence,
+                )
+                .values(**_attempt_values(outcome, now))
+            )
+            if isinstance(outcome, Failed) and outcome.fail_job:
+                await self._fail_queued(conn, task.job_pk, outcome, now)
+            return await self._rollup(conn, task.job_pk, now)
+
+    async def _lock_job(self, conn: AsyncConnection, job_pk: str) -> None:
+        if self.dialect == "postgresql":
+            await conn.execute(select(ai_job.c.id).where(ai_job.c.id == job_pk).with_for_update())
+
+    async def _fail_queued(
+        self, conn: AsyncConnection, job_pk: str, outcome: Failed, now: datetime
+    ) -> None:
+        await conn.execute(
+            update(ai_job_image)
+            .where(ai_job_image.c.job_pk == job_pk, ai_job_image.c.status == QUEUED)
+            .values(status=ImageStatus.FAILED.value, error=outcome.error,
+                    error_kind=outcome.error_kind, finished_at=now, updated_at=now)
+        )
+        await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(error=outcome.error))
+
+    async def _rollup(self, conn: AsyncConnection, job_pk: str, now: datetime) -> str:
+        """Recompute the job's status, ordered result URLs and ``updated_at`` from its images."""
+        img = ai_job_image
+        counts = {
+            status: n
+            for status, n in (
+                await conn.execute(
+                    select(img.c.status, func.count()).where(img.c.job_pk == job_pk)
+                    .group_by(img.c.status)
+                )
+            ).all()
+        }
+        urls = (
+            await conn.scalars(
+                select(img.c.result_url)
+                .where(img.c.job_pk == job_pk, img.c.status == ImageStatus.SUCCEEDED.value)
+                .order_by(img.c.position)
+            )
+        ).all()
+        cancel = bool(await conn.scalar(select(ai_job.c.cancel_requested).where(ai_job.c.id == job_pk)))
+        status = rollup_status(counts, cancel_requested=cancel)
+        values: dict[str, Any] = {
+            "status": status.value,
+            "result_image_urls": list(urls),
+            "updated_at": now,
+            "finished_at": now if status in TERMINAL_JOB_STATUSES else None,
+        }
+        await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(**values))
+        if status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED):
+            await conn.execute(ai_job_secret.delete().where(ai_job_secret.c.job_pk == job_pk))
+        return status.value
+
+
+def _runnable(now: datetime) -> Any:
+    img = ai_job_image
+    return or_(
+        and_(img.c.status == QUEUED, img.c.run_after <= now),
+        and_(img.c.status == RUNNING, img.c.lease_expires_at < now),
+    )
+
+
+def _outcome_values(outcome: Outcome, now: datetime) -> dict[str, Any]:
+    img = ai_job_image
+    common: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None, "updated_at": now}
+    if isinstance(outcome, Succeeded):
+        return common | {
+            "status": ImageStatus.SUCCEEDED.value,
+            "result_key": outcome.result_key,
+            "result_url": outcome.result_url,
+            "error": None,
+            "error_kind": None,
+            "finished_at": now,
+        }
+    if isinstance(outcome, Requeue):
+        values = common | {
+            "status": QUEUED,
+            "run_after": outcome.run_after,
+            "error": outcome.error,
+            "error_kind": outcome.error_kind,
+        }
+        if not outcome.consumes_attempt:
+            values |= {"attempts": img.c.attempts - 1, "snoozes": img.c.snoozes + 1}
+        if outcome.billed_timeout:
+            values["billed_timeouts"] = img.c.billed_timeouts + 1
+        return values
+    return common | {
+        "status": ImageStatus.FAILED.value,
+        "error": outcome.error,
+        "error_kind": outcome.error_kind,
+        "finished_at": now,
+    }
+
+
+def _attempt_values(outcome: Outcome, now: datetime) -> dict[str, Any]:
+    if isinstance(outcome, Succeeded):
+        return {"ended_at": now, "outcome": "succeeded"}
+    if isinstance(outcome, Requeue):
+        kind = "snoozed" if not outcome.consumes_attempt else "retry"
+        return {"ended_at": now, "outcome": kind, "error": outcome.error,
+                "wait_seconds": outcome.wait_seconds}
+    return {"ended_at": now, "outcome": "failed", "error": outcome.error}
+
+
+def _image_rows(spec: JobSpec, pk: str, now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "job_pk": pk,
+            "position": image.position,
+            "sku": image.sku,
+            "sku_index": image.sku_index,
+            "stem": image.stem,
+            "name": image.name,
+            "source_url": image.source_url,
+            "prompt": image.prompt,
+            "status": QUEUED,
+            "run_after": now,
+            "updated_at": now,
+        }
+        for image in spec.images
+    ]
+
+
+async def _jobs_by_pk(conn: AsyncConnection, job_pks: Sequence[str]) -> dict[str, JobRecord]:
+    rows = (await conn.execute(select(ai_job).where(ai_job.c.id.in_(list(job_pks))))).all()
+    return {r.id: _job_record(r) for r in rows}
+
+
+def _sku_order(job: JobRecord) -> list[str]:
+    options = job.config.get("options") or {}
+    return [str(s) for s in options.get("skus") or []] or [str(job.config.get("sku"))]
+
+
+def _job_record(row: Row[Any]) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        user_id=row.user_id,
+        job_id=row.job_id,
+        mode=row.mode,
+        status=row.status,
+        total=row.total,
+        config=row.config,
+        payload_hash=row.payload_hash,
+        result_image_urls=list(row.result_image_urls or []),
+        error=row.error,
+        api_base=row.api_base,
+        model=row.model,
+        api_style=row.api_style,
+        provider_key=row.provider_key,
+        output=OutputSpec(
+            width=row.out_width, height=row.out_height, format=row.out_format,
+            quality=row.out_quality,
+        ),
+        max_concurrency=row.max_concurrency,
+        sku_serial=bool(row.sku_serial),
+        cancel_requested=bool(row.cancel_requested),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _image_record(row: Row[Any]) -> ImageRecord:
+    return ImageRecord(
+        id=row.id,
+        position=row.position,
+        sku=row.sku,
+        sku_index=row.sku_index,
+        stem=row.stem,
+        name=row.name,
+        source_url=row.source_url,
+        prompt=row.prompt,
+        status=row.status,
+        attempts=row.attempts,
+        calls=row.calls,
+        snoozes=row.snoozes,
+        result_url=row.result_url,
+        result_key=row.result_key,
+        error=row.error,
+        error_kind=row.error_kind,
+        run_after=row.run_after,
+        first_started_at=row.first_started_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _claimed(row: Row[Any], job: JobRecord) -> ClaimedTask:
+    return ClaimedTask(
+        image_id=row.id,
+        job_pk=row.job_pk,
+        fence=row.fence,
+        attempts=row.attempts,
+        snoozes=row.snoozes,
+        billed_timeouts=row.billed_timeouts,
+        position=row.position,
+        sku=row.sku,
+        stem=row.stem,
+        source_url=row.source_url,
+        prompt=row.prompt,
+        first_started_at=row.first_started_at,
+        job=job,
+    )

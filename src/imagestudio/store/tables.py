@@ -1,0 +1,155 @@
+"""The database tables. Alembic migrations (``store/migrations``) are checked against these.
+
+``ai_job`` keeps the columns the seed's monitoring SQL reads (``id``, ``type``, ``status``,
+``config``, ``result_image_urls``, ``created_at``, ``updated_at``); on PostgreSQL the JSON
+columns are ``jsonb`` so ``jsonb_array_length(result_image_urls)`` runs as written.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out; stored as timestamptz, or naive UTC text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+ai_job = Table(
+    "ai_job",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("type", String(32), nullable=False, server_default="image_studio"),
+    Column("user_id", String(200), nullable=False),
+    Column("job_id", String(200), nullable=False),
+    Column("mode", String(64), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("config", Json, nullable=False),
+    Column("payload_hash", String(64), nullable=False),
+    Column("result_image_urls", Json, nullable=False),
+    Column("error", Text),
+    Column("total", Integer, nullable=False),
+    Column("api_base", Text, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("api_style", String(16), nullable=False),
+    Column("provider_key", String(64), nullable=False),
+    Column("out_width", Integer, nullable=False),
+    Column("out_height", Integer, nullable=False),
+    Column("out_format", String(8), nullable=False),
+    Column("out_quality", Integer, nullable=False),
+    Column("max_concurrency", Integer),
+    Column("sku_serial", Boolean, nullable=False, server_default="0"),
+    Column("cancel_requested", Boolean, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    UniqueConstraint("user_id", "job_id"),
+    Index(None, "type", "created_at"),
+    Index(None, "user_id", "created_at"),
+)
+
+ai_job_secret = Table(
+    "ai_job_secret",
+    metadata,
+    Column("job_pk", String(36), ForeignKey("ai_job.id", ondelete="CASCADE"), primary_key=True),
+    Column("api_key_enc", LargeBinary, nullable=False),
+)
+
+ai_job_image = Table(
+    "ai_job_image",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("job_pk", String(36), ForeignKey("ai_job.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("sku", String(200), nullable=False),
+    Column("sku_index", Integer, nullable=False),
+    Column("stem", String(300), nullable=False),
+    Column("name", String(300), nullable=False),
+    Column("source_url", Text, nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("calls", Integer, nullable=False, server_default="0"),
+    Column("snoozes", Integer, nullable=False, server_default="0"),
+    Column("billed_timeouts", Integer, nullable=False, server_default="0"),
+    Column("fence", Integer, nullable=False, server_default="0"),
+    Column("lease_owner", String(100)),
+    Column("lease_expires_at", UTCDateTime),
+    Column("run_after", UTCDateTime, nullable=False),
+    Column("first_started_at", UTCDateTime),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("result_key", Text),
+    Column("result_url", Text),
+    Column("error", Text),
+    Column("error_kind", String(64)),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("job_pk", "position"),
+    Index(None, "status", "run_after"),
+    Index(None, "job_pk", "status"),
+)
+
+ai_job_attempt = Table(
+    "ai_job_attempt",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("job_pk", String(36), ForeignKey("ai_job.id", ondelete="CASCADE"), nullable=False),
+    Column("image_id", BigId, nullable=False),
+    Column("fence", Integer, nullable=False),
+    Column("worker", String(100), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime),
+    Column("outcome", String(32)),
+    Column("error", Text),
+    Column("wait_seconds", Float),
+    Index(None, "job_pk", "started_at"),
+)
