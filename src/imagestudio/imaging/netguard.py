@@ -139,6 +139,14 @@ async def _resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+def first_refused(
+    addresses: Iterable[str], allow_list: Sequence[str] | AllowList = ()
+) -> str | None:
+    """The first of ``addresses`` that may not be reached, or None when all may."""
+    allowed = _as_allow_list(allow_list)
+    return next((a for a in addresses if not is_address_allowed(a, allowed)), None)
+
+
 async def ensure_public_url(url: str, allow_list: Sequence[str] | AllowList = ()) -> None:
     """Raise ``UnsafeURL`` unless ``url`` is http(s) and every address of its host is allowed.
 
@@ -155,9 +163,9 @@ async def ensure_public_url(url: str, allow_list: Sequence[str] | AllowList = ()
         addresses = await _resolve(host, port)
     if not addresses:
         raise UnsafeURL(f"refused URL {url!r}: host {host!r} has no address")
-    for address in addresses:
-        if not is_address_allowed(address, allowed):
-            raise UnsafeURL(
-                f"refused URL {url!r}: host {host!r} resolves to non-public address {address}"
-                " (allow-list it with IMAGESTUDIO_ALLOW_PRIVATE_URLS)"
-            )
+    refused = first_refused(addresses, allowed)
+    if refused is not None:
+        raise UnsafeURL(
+            f"refused URL {url!r}: host {host!r} resolves to non-public address {refused}"
+            " (allow-list it with IMAGESTUDIO_ALLOW_PRIVATE_URLS)"
+        )
