@@ -1,0 +1,114 @@
+"""LocalStorage: atomic writes, key validation, listing; open_storage URLs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imagestudio.errors import StorageError
+from imagestudio.storage import LocalStorage, ResultStorage, open_storage
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "results")
+
+
+async def test_put_get_round_trip(storage: LocalStorage) -> None:
+    await storage.put("jobs/j1/sku-1/a.png", b"first", "image/png")
+    assert await storage.get("jobs/j1/sku-1/a.png") == b"first"
+    assert storage.path_for("jobs/j1/sku-1/a.png").read_bytes() == b"first"
+
+
+async def test_put_replaces_and_leaves_no_temp_files(storage: LocalStorage) -> None:
+    await storage.put("a/b.webp", b"one", "image/webp")
+    await storage.put("a/b.webp", b"two", "image/webp")
+    assert await storage.get("a/b.webp") == b"two"
+    assert [p.name for p in storage.path_for("a/b.webp").parent.iterdir()] == ["b.webp"]
+    assert storage.path_for("a/b.webp").stat().st_mode & 0o777 == 0o644
+
+
+async def test_failed_write_leaves_the_old_file_and_no_temp(storage: LocalStorage) -> None:
+    await storage.put("a/b.png", b"old", "image/png")
+    # Writing under an existing *file* as a folder fails inside the thread.
+    with pytest.raises(StorageError, match="cannot write"):
+        await storage.put("a/b.png/c.png", b"new", "image/png")
+    assert await storage.get("a/b.png") == b"old"
+
+
+async def test_list_by_prefix_sorted(storage: LocalStorage) -> None:
+    for key in ["jobs/j2/x.png", "jobs/j1/s/b.png", "jobs/j1/s/a.png", "jobs/j10/z.png"]:
+        await storage.put(key, b"x", "image/png")
+    assert await storage.list("jobs/j1/") == ["jobs/j1/s/a.png", "jobs/j1/s/b.png"]
+    assert await storage.list("jobs/j1") == [
+        "jobs/j1/s/a.png",
+        "jobs/j1/s/b.png",
+        "jobs/j10/z.png",
+    ]
+    assert len(await storage.list("")) == 4
+    assert await storage.list("nothing/here/") == []
+
+
+async def test_delete_is_idempotent(storage: LocalStorage) -> None:
+    await storage.put("a.png", b"x", "image/png")
+    await storage.delete("a.png")
+    await storage.delete("a.png")
+    assert await storage.list("") == []
+    with pytest.raises(StorageError, match="no stored result"):
+        await storage.get("a.png")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "../escape.png",
+        "a/../../escape.png",
+        "/etc/passwd",
+        "a//b.png",
+        "a/./b.png",
+        ".hidden",
+        "a/.tmp-x.part",
+        "a\\b.png",
+        "a b.png",
+        "ünïcode.png",
+        "a/",
+    ],
+)
+async def test_bad_keys_are_refused(storage: LocalStorage, key: str) -> None:
+    with pytest.raises(StorageError, match="invalid storage key"):
+        await storage.put(key, b"x", "image/png")
+    with pytest.raises(StorageError):
+        storage.path_for(key)
+
+
+@pytest.mark.parametrize("prefix", ["../", "/abs", "a/../b", "a b"])
+async def test_bad_prefixes_are_refused(storage: LocalStorage, prefix: str) -> None:
+    with pytest.raises(StorageError, match="invalid storage prefix"):
+        await storage.list(prefix)
+
+
+def test_open_storage_local_forms(tmp_path: Path) -> None:
+    for url in [str(tmp_path), f"file://{tmp_path}", f"file://localhost{tmp_path}"]:
+        opened = open_storage(url)
+        assert isinstance(opened, LocalStorage)
+        assert opened.root == tmp_path.resolve()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("s3://bucket/prefix", "s3 storage is not available in this build yet"),
+        ("gs://bucket", "unsupported storage URL scheme 'gs'"),
+        ("file://elsewhere/data", "must be local"),
+    ],
+)
+def test_open_storage_refuses_what_it_cannot_open(url: str, message: str) -> None:
+    with pytest.raises(StorageError, match=message):
+        open_storage(url)
+
+
+def test_local_storage_satisfies_the_protocol(tmp_path: Path) -> None:
+    storage: ResultStorage = LocalStorage(tmp_path)
+    assert storage is not None
