@@ -77,7 +77,7 @@ class SourceFetcher:
         for _ in range(self._max_redirects + 1):
             await ensure_public_url(current, self._allow)
             request = self._client.build_request("GET", current, timeout=self._timeout)
-            response = await self._client.send(request, stream=True)
+            response = await self._client.send(request, stream=True, follow_redirects=False)
             try:
                 if response.is_redirect:
                     current = _redirect_target(response, current)
