@@ -1,0 +1,146 @@
+"""``ImageProvider`` over the OpenAI images API (``images.edit`` / ``images.generate``).
+
+Works with OpenAI and any compatible ``api_base`` (including our fake server). The SDK runs
+with ``max_retries=0``: retrying is the scheduler's decision, not the SDK's. Every foreign
+exception is mapped by ``error_map.map_provider_error`` before it leaves this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any, cast
+
+import httpx
+import httpx2
+import openai
+from openai import AsyncOpenAI
+
+from imagestudio.errors import NoImageReturned, ProviderError
+from imagestudio.providers.base import ImageRequest, ProviderConfig
+from imagestudio.providers.error_map import MAPPED_EXCEPTIONS, map_provider_error, scrub
+
+HttpClient = httpx2.AsyncClient | httpx.AsyncClient
+"""An injectable async client: the SDK's own ``httpx2`` or a legacy ``httpx`` one."""
+
+MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+_MAGIC: tuple[bytes, ...] = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
+_DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,([A-Za-z0-9+/=\s_-]+)", re.IGNORECASE)
+
+
+def looks_like_image(data: bytes) -> bool:
+    """True if the bytes start like a PNG, JPEG, GIF or WebP file."""
+    is_webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    return is_webp or any(data.startswith(magic) for magic in _MAGIC)
+
+
+def decode_b64_image(text: str) -> bytes:
+    """The image in a base64 string, or ``NoImageReturned``."""
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise NoImageReturned("provider answer holds invalid base64 image data") from exc
+    if not looks_like_image(data):
+        raise NoImageReturned("provider answer is not a PNG, JPEG, GIF or WebP image")
+    return data
+
+
+def decode_data_url(url: str) -> bytes | None:
+    """The image in a ``data:image/...;base64,`` URL; None if ``url`` is not one."""
+    match = _DATA_URL.fullmatch(url.strip())
+    return decode_b64_image(match.group(1)) if match else None
+
+
+class OpenAIClientBase:
+    """Builds the SDK client and owns (or borrows) the HTTP client used for it and downloads."""
+
+    def __init__(self, config: ProviderConfig, *, http_client: HttpClient | None = None) -> None:
+        self.config = config
+        self._owns_http = http_client is None
+        self._http: HttpClient = http_client or openai.DefaultAsyncHttpx2Client()
+        self._client = AsyncOpenAI(
+            api_key=config.api_key,
+            base_url=config.api_base,
+            max_retries=0,
+            timeout=config.timeout_seconds,
+            # The SDK accepts legacy httpx clients at runtime; its annotation names httpx2 only.
+            http_client=cast(httpx2.AsyncClient, self._http),
+        )
+
+    def _mapped(self, exc: BaseException) -> ProviderError:
+        return map_provider_error(exc, secrets=[self.config.api_key])
+
+    async def download(self, url: str) -> bytes:
+        """Fetch an image URL the provider answered with (capped in size and time)."""
+        if not url.startswith(("http://", "https://")):
+            raise NoImageReturned(scrub(f"provider answered an unusable image URL: {url[:80]}"))
+        chunks: list[bytes] = []
+        size = 0
+        async with self._http.stream("GET", url, timeout=self.config.timeout_seconds) as response:
+            response.raise_for_status()
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_DOWNLOAD_BYTES:
+                    raise NoImageReturned("provider image URL is larger than the download cap")
+                chunks.append(chunk)
+        data = b"".join(chunks)
+        if not looks_like_image(data):
+            raise NoImageReturned("provider image URL did not hold an image")
+        return data
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this adapter created it (an injected one is the caller's)."""
+        if self._owns_http:
+            await self._client.close()
+
+
+def _family(model: str) -> str:
+    return model.lower().rsplit("/", 1)[-1]
+
+
+def image_params(request: ImageRequest) -> dict[str, Any]:
+    """The keyword arguments for ``images.edit``/``images.generate`` (pure).
+
+    ``gpt-image-*`` never gets ``response_format`` (OpenAI rejects it); ``dall-e-*`` asks for
+    ``b64_json``; other compatible models get the defaults and may answer with a URL.
+    """
+    params: dict[str, Any] = {
+        "prompt": request.prompt,
+        "model": request.model,
+        "size": request.size,
+        "n": 1,
+    }
+    if _family(request.model).startswith("dall-e"):
+        params["response_format"] = "b64_json"
+    return params
+
+
+class OpenAIImagesProvider(OpenAIClientBase):
+    """``images.edit`` with the source image, ``images.generate`` without one."""
+
+    async def generate(self, request: ImageRequest) -> bytes:
+        try:
+            return await self._generate(request)
+        except ProviderError:
+            raise
+        except MAPPED_EXCEPTIONS as exc:
+            raise self._mapped(exc) from exc
+
+    async def _generate(self, request: ImageRequest) -> bytes:
+        params = image_params(request)
+        source = request.source
+        if source is not None:
+            image = (source.filename, source.data, source.mime)
+            result = await self._client.images.edit(image=image, **params)
+        else:
+            result = await self._client.images.generate(**params)
+        return await self._first_image(result.data or [])
+
+    async def _first_image(self, data: list[Any]) -> bytes:
+        for item in data:
+            if getattr(item, "b64_json", None):
+                return decode_b64_image(item.b64_json)
+            if getattr(item, "url", None):
+                return decode_data_url(item.url) or await self.download(item.url)
+        raise NoImageReturned("provider answered without an image")
