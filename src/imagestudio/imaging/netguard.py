@@ -18,7 +18,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 from imagestudio.errors import SourceUnavailable, UnsafeURL
 
@@ -115,7 +115,7 @@ def is_address_allowed(ip: str | IPAddress, allow_list: Sequence[str] | AllowLis
     return allowed.has_address(address) or _is_public(address)
 
 
-def _split(url: str) -> tuple[SplitResult, str, int]:
+def _host_and_port(url: str) -> tuple[str, int]:
     try:
         parts = urlsplit(url.strip())
         scheme = parts.scheme.lower()
@@ -127,7 +127,7 @@ def _split(url: str) -> tuple[SplitResult, str, int]:
         raise UnsafeURL(f"refused URL {url!r}: scheme {scheme or '(none)'!r} is not http or https")
     if not host:
         raise UnsafeURL(f"refused URL {url!r}: no host")
-    return parts, _normal_host(host), port or _DEFAULT_PORTS[scheme]
+    return _normal_host(host), port or _DEFAULT_PORTS[scheme]
 
 
 async def _resolve(host: str, port: int) -> list[str]:
@@ -153,7 +153,7 @@ async def ensure_public_url(url: str, allow_list: Sequence[str] | AllowList = ()
     A hostname in the allow-list passes without resolving. A host that cannot be resolved
     raises ``SourceUnavailable`` (DNS failures are often transient).
     """
-    _, host, port = _split(url)
+    host, port = _host_and_port(url)
     allowed = _as_allow_list(allow_list)
     if allowed.has_host(host):
         return
