@@ -90,7 +90,9 @@ def output_spec(payload: JobPayload) -> OutputSpec:
     if settings.image_size is not None and (width is None or height is None):
         parsed = _SIZE.match(settings.image_size)
         if parsed is None:
-            raise PayloadInvalid("options.settings.imageSize", "expected WIDTHxHEIGHT, e.g. 1536x1536")
+            raise PayloadInvalid(
+                "options.settings.imageSize", "expected WIDTHxHEIGHT, e.g. 1536x1536"
+            )
         width = width if width is not None else int(parsed.group(1))
         height = height if height is not None else int(parsed.group(2))
     width = _side("options.target_width", width if width is not None else DEFAULT_SIDE)
@@ -99,7 +101,9 @@ def output_spec(payload: JobPayload) -> OutputSpec:
     fmt = (options.output_format or settings.image_format or "png").strip().lower()
     fmt = _FORMAT_ALIASES.get(fmt, fmt)
     if fmt not in OUTPUT_FORMATS:
-        raise PayloadInvalid(fmt_field, f"unknown format {fmt!r}; supported: {', '.join(OUTPUT_FORMATS)}")
+        raise PayloadInvalid(
+            fmt_field, f"unknown format {fmt!r}; supported: {', '.join(OUTPUT_FORMATS)}"
+        )
     quality_field = "options.quality" if options.quality is not None else "options.settings.quality"
     quality = options.quality if options.quality is not None else settings.quality
     quality = DEFAULT_QUALITY if quality is None else quality
@@ -136,7 +140,8 @@ def _images(payload: JobPayload, limits: IntakeLimits) -> tuple[ImageSpec, ...]:
         )
         if not prompt:
             raise PayloadInvalid(
-                "options.prompt_templates", "no template gives a prompt (need common_cn or common_en)"
+                "options.prompt_templates",
+                "no template gives a prompt (need common_cn or common_en)",
             )
         stem = image.stem or _stem_of(image.name or image.url) or f"{sku}-{index + 1}"
         specs.append(
@@ -168,7 +173,9 @@ def _skus(payload: JobPayload) -> list[str]:
             raise PayloadInvalid(f"options.sku_images_map.{sku}", "this SKU has no images")
     for sku in options.sku_images_map:
         if sku not in skus:
-            raise PayloadInvalid(f"options.sku_images_map.{sku}", "images for a SKU not in options.skus")
+            raise PayloadInvalid(
+                f"options.sku_images_map.{sku}", "images for a SKU not in options.skus"
+            )
     return skus
 
 
@@ -191,7 +198,9 @@ def _selected(payload: JobPayload, skus: list[str]) -> list[tuple[str, int, Sour
         return chosen
     match = [c for c in chosen if c[0] == payload.sku and c[2].stem == payload.stem]
     if not match:
-        raise PayloadInvalid("stem", f"no image with stem {payload.stem!r} under sku {payload.sku!r}")
+        raise PayloadInvalid(
+            "stem", f"no image with stem {payload.stem!r} under sku {payload.sku!r}"
+        )
     return match[:1]
 
 

@@ -1,15 +1,15 @@
 """What a failed attempt means for its image and its job: one pure decision, table-tested.
 
-    transient   RateLimited, ProviderUnavailable, ProviderTimeout, NoImageReturned,
-                SourceUnavailable, StorageError, LeaseLost-free worker crashes
-                -> retry with exponential backoff and full jitter, never sooner than the
-                   server asked. A RateLimited is a *snooze*: it does not use up an attempt.
-                   A ProviderTimeout after the request was sent may already be billed, so
-                   those are bounded separately (``max_billed_timeouts``).
-    permanent   ContentRejected, ProviderBadRequest, SourceNotFound, SourceTooLarge,
-                BadImage, UnsafeURL -> the image fails now with the cleaned message.
-    job-fatal   AuthFailed, QuotaExhausted -> the job stops; its queued images fail with
-                the same reason without calling the provider.
+transient   RateLimited, ProviderUnavailable, ProviderTimeout, NoImageReturned,
+            SourceUnavailable, StorageError, LeaseLost-free worker crashes
+            -> retry with exponential backoff and full jitter, never sooner than the
+               server asked. A RateLimited is a *snooze*: it does not use up an attempt.
+               A ProviderTimeout after the request was sent may already be billed, so
+               those are bounded separately (``max_billed_timeouts``).
+permanent   ContentRejected, ProviderBadRequest, SourceNotFound, SourceTooLarge,
+            BadImage, UnsafeURL -> the image fails now with the cleaned message.
+job-fatal   AuthFailed, QuotaExhausted -> the job stops; its queued images fail with
+            the same reason without calling the provider.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from datetime import datetime, timedelta
 
 from imagestudio.errors import (
     AuthFailed,
+    ContentRejected,
     ImageStudioError,
     InputError,
     ProviderBadRequest,
-    ContentRejected,
     ProviderTimeout,
     QuotaExhausted,
     RateLimited,
@@ -111,10 +111,14 @@ def decide(
         )
     if state.attempts >= policy.max_attempts:
         return FailImage(f"failed after {state.attempts} attempts: {describe(error)}")
-    return Retry(delay=backoff(state.attempts, policy, rng), consumes_attempt=True, billed_timeout=billed)
+    return Retry(
+        delay=backoff(state.attempts, policy, rng), consumes_attempt=True, billed_timeout=billed
+    )
 
 
-def _snooze(error: RateLimited, state: AttemptState, policy: RetryPolicy, rng: random.Random) -> Decision:
+def _snooze(
+    error: RateLimited, state: AttemptState, policy: RetryPolicy, rng: random.Random
+) -> Decision:
     if state.snoozes >= policy.max_rate_limit_snoozes:
         return FailImage(f"still rate limited after {state.snoozes} waits: {describe(error)}")
     if error.retry_after:

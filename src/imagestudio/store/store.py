@@ -124,21 +124,22 @@ class Store:
 
     # -- reads --------------------------------------------------------------------------
 
-    async def _job_by_key(self, user_id: str, job_id: str) -> JobRecord:
+    async def _job_by_key(self, user_id: str | None, job_id: str) -> JobRecord:
+        """The job ``job_id`` of ``user_id``; ``None`` (local mode) means any user, newest."""
+        query = select(ai_job).where(ai_job.c.job_id == job_id)
+        if user_id is not None:
+            query = query.where(ai_job.c.user_id == user_id)
+        query = query.order_by(ai_job.c.created_at.desc()).limit(1)
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(ai_job).where(ai_job.c.user_id == user_id, ai_job.c.job_id == job_id)
-                )
-            ).first()
+            row = (await conn.execute(query)).first()
         if row is None:
             raise JobNotFound(f"no job {job_id!r}")
         return _job_record(row)
 
-    async def get_job(self, user_id: str, job_id: str) -> JobRecord:
+    async def get_job(self, user_id: str | None, job_id: str) -> JobRecord:
         return await self._job_by_key(user_id, job_id)
 
-    async def progress(self, user_id: str, job_id: str) -> JobProgress:
+    async def progress(self, user_id: str | None, job_id: str) -> JobProgress:
         job = await self._job_by_key(user_id, job_id)
         query = (
             select(ai_job_image.c.sku, ai_job_image.c.status, func.count())
@@ -155,14 +156,13 @@ class Store:
         ordered = {sku: per_sku[sku] for sku in _sku_order(job) if sku in per_sku}
         return JobProgress(job=job, counts=counts, per_sku=ordered)
 
-    async def list_jobs(self, user_id: str, *, limit: int = 50, offset: int = 0) -> list[JobRecord]:
-        query = (
-            select(ai_job)
-            .where(ai_job.c.user_id == user_id)
-            .order_by(ai_job.c.created_at.desc(), ai_job.c.id)
-            .limit(limit)
-            .offset(offset)
-        )
+    async def list_jobs(
+        self, user_id: str | None, *, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        query = select(ai_job).order_by(ai_job.c.created_at.desc(), ai_job.c.id)
+        if user_id is not None:
+            query = query.where(ai_job.c.user_id == user_id)
+        query = query.limit(limit).offset(offset)
         async with self.engine.connect() as conn:
             return [_job_record(r) for r in (await conn.execute(query)).all()]
 
@@ -211,9 +211,7 @@ class Store:
 
     async def queue_depth(self) -> int:
         async with self.engine.connect() as conn:
-            value = await conn.scalar(
-                select(func.count()).where(ai_job_image.c.status == QUEUED)
-            )
+            value = await conn.scalar(select(func.count()).where(ai_job_image.c.status == QUEUED))
         return int(value or 0)
 
     # -- the worker's side --------------------------------------------------------------
@@ -265,28 +263,77 @@ class Store:
             await conn.execute(
                 ai_job_attempt.insert(),
                 [
-                    {"job_pk": r.job_pk, "image_id": r.id, "fence": r.fence, "worker": worker,
-                     "started_at": now}
+                    {
+                        "job_pk": r.job_pk,
+                        "image_id": r.id,
+                        "fence": r.fence,
+                        "worker": worker,
+                        "started_at": now,
+                    }
                     for r in rows
                 ],
             )
             jobs = await _jobs_by_pk(conn, job_pks)
         return [_claimed(r, jobs[r.job_pk]) for r in rows]
 
-    async def heartbeat(self, worker: str, image_ids: Sequence[int], lease_seconds: float) -> int:
-        """Extend this worker's leases; returns how many are still held."""
+    async def heartbeat(
+        self, worker: str, image_ids: Sequence[int], lease_seconds: float
+    ) -> set[int]:
+        """Extend this worker's leases; returns the ids it still holds.
+
+        A task missing from the answer was cancelled or taken over: the worker stops it.
+        """
         if not image_ids:
-            return 0
+            return set()
         until = self.clock() + timedelta(seconds=lease_seconds)
         img = ai_job_image
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(img)
-                .where(img.c.id.in_(list(image_ids)), img.c.lease_owner == worker,
-                       img.c.status == RUNNING)
-                .values(lease_expires_at=until)
+        stmt = (
+            update(img)
+            .where(
+                img.c.id.in_(list(image_ids)), img.c.lease_owner == worker, img.c.status == RUNNING
             )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+            .values(lease_expires_at=until)
+            .returning(img.c.id)
+        )
+        async with self.engine.begin() as conn:
+            return set((await conn.scalars(stmt)).all())
+
+    async def release(self, task: ClaimedTask) -> None:
+        """Give a task back unfinished (worker draining): queued again, attempt not counted."""
+        now = self.clock()
+        img = ai_job_image
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(img)
+                .where(
+                    img.c.id == task.image_id, img.c.fence == task.fence, img.c.status == RUNNING
+                )
+                .values(
+                    status=QUEUED,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    run_after=now,
+                    attempts=img.c.attempts - 1,
+                    updated_at=now,
+                )
+            )
+            await conn.execute(
+                update(ai_job_attempt)
+                .where(
+                    ai_job_attempt.c.image_id == task.image_id, ai_job_attempt.c.fence == task.fence
+                )
+                .values(ended_at=now, outcome="released")
+            )
+
+    async def has_pending(self) -> bool:
+        """Whether any image is queued or running (due now or later)."""
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(
+                select(ai_job_image.c.id)
+                .where(ai_job_image.c.status.in_([QUEUED, RUNNING]))
+                .limit(1)
+            )
+        return found is not None
 
     async def finish(self, task: ClaimedTask, outcome: Outcome) -> str:
         """Record the attempt's outcome if this attempt still holds the task (fencing).
@@ -306,7 +353,7 @@ class Store:
                 )
                 .values(**_outcome_values(outcome, now))
             )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+            if result.rowcount != 1:
                 raise LeaseLost(f"image {task.image_id} attempt {task.fence} lost its lease")
             await conn.execute(
                 update(ai_job_attempt)
@@ -330,23 +377,22 @@ class Store:
         await conn.execute(
             update(ai_job_image)
             .where(ai_job_image.c.job_pk == job_pk, ai_job_image.c.status == QUEUED)
-            .values(status=ImageStatus.FAILED.value, error=outcome.error,
-                    error_kind=outcome.error_kind, finished_at=now, updated_at=now)
+            .values(
+                status=ImageStatus.FAILED.value,
+                error=outcome.error,
+                error_kind=outcome.error_kind,
+                finished_at=now,
+                updated_at=now,
+            )
         )
         await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(error=outcome.error))
 
     async def _rollup(self, conn: AsyncConnection, job_pk: str, now: datetime) -> str:
         """Recompute the job's status, ordered result URLs and ``updated_at`` from its images."""
         img = ai_job_image
-        counts = {
-            status: n
-            for status, n in (
-                await conn.execute(
-                    select(img.c.status, func.count()).where(img.c.job_pk == job_pk)
-                    .group_by(img.c.status)
-                )
-            ).all()
-        }
+        by_status = select(img.c.status, func.count()).where(img.c.job_pk == job_pk)
+        rows = (await conn.execute(by_status.group_by(img.c.status))).all()
+        counts: dict[str, int] = {str(r[0]): int(r[1]) for r in rows}
         urls = (
             await conn.scalars(
                 select(img.c.result_url)
@@ -354,7 +400,9 @@ class Store:
                 .order_by(img.c.position)
             )
         ).all()
-        cancel = bool(await conn.scalar(select(ai_job.c.cancel_requested).where(ai_job.c.id == job_pk)))
+        cancel = bool(
+            await conn.scalar(select(ai_job.c.cancel_requested).where(ai_job.c.id == job_pk))
+        )
         status = rollup_status(counts, cancel_requested=cancel)
         values: dict[str, Any] = {
             "status": status.value,
@@ -413,8 +461,12 @@ def _attempt_values(outcome: Outcome, now: datetime) -> dict[str, Any]:
         return {"ended_at": now, "outcome": "succeeded"}
     if isinstance(outcome, Requeue):
         kind = "snoozed" if not outcome.consumes_attempt else "retry"
-        return {"ended_at": now, "outcome": kind, "error": outcome.error,
-                "wait_seconds": outcome.wait_seconds}
+        return {
+            "ended_at": now,
+            "outcome": kind,
+            "error": outcome.error,
+            "wait_seconds": outcome.wait_seconds,
+        }
     return {"ended_at": now, "outcome": "failed", "error": outcome.error}
 
 
@@ -464,7 +516,9 @@ def _job_record(row: Row[Any]) -> JobRecord:
         api_style=row.api_style,
         provider_key=row.provider_key,
         output=OutputSpec(
-            width=row.out_width, height=row.out_height, format=row.out_format,
+            width=row.out_width,
+            height=row.out_height,
+            format=row.out_format,
             quality=row.out_quality,
         ),
         max_concurrency=row.max_concurrency,

@@ -1,0 +1,64 @@
+"""The FastAPI application: ``create_app(settings, workers=N)``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from imagestudio.api.routes import jobs, system
+from imagestudio.errors import JobConflict, JobNotFound, PayloadInvalid
+from imagestudio.services import API_PREFIX, open_services
+from imagestudio.settings import Settings
+
+
+def create_app(settings: Settings, *, workers: int = 0) -> FastAPI:
+    """The API; with ``workers > 0`` it also runs that many task slots in-process."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_services(settings) as services:
+            app.state.services = services
+            stop = asyncio.Event()
+            loop = None
+            if workers > 0:
+                loop = asyncio.create_task(services.worker(workers).run(stop))
+            try:
+                yield
+            finally:
+                stop.set()
+                if loop is not None:
+                    await loop
+
+    app = FastAPI(title="imagestudio", version="0.1.0", lifespan=lifespan)
+    app.include_router(jobs.router, prefix=API_PREFIX)
+    app.include_router(system.router, prefix=API_PREFIX)
+    app.add_api_route("/healthz", system.healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/metrics", system.metrics, methods=["GET"], include_in_schema=False)
+    _error_handlers(app)
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PayloadInvalid)
+    async def _invalid(_: Request, exc: PayloadInvalid) -> JSONResponse:
+        detail = [
+            {
+                "loc": ["body", *exc.field.split(".")],
+                "field": exc.field,
+                "msg": exc.reason,
+                "type": "payload_invalid",
+            }
+        ]
+        return JSONResponse({"detail": detail, "error": exc.message}, status_code=422)
+
+    @app.exception_handler(JobConflict)
+    async def _conflict(_: Request, exc: JobConflict) -> JSONResponse:
+        return JSONResponse({"detail": exc.message, "error": "job_id_conflict"}, status_code=409)
+
+    @app.exception_handler(JobNotFound)
+    async def _missing(_: Request, exc: JobNotFound) -> JSONResponse:
+        return JSONResponse({"detail": exc.message, "error": "not_found"}, status_code=404)

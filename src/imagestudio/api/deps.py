@@ -1,0 +1,54 @@
+"""Typed dependencies for the routes: the services and the calling user."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from imagestudio.services import Services
+from imagestudio.store.store import Store
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_store(services: ServicesDep) -> Store:
+    return services.store
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+
+
+def get_user(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str | None:
+    """The user a bearer token names; ``None`` in local mode (no tokens configured)."""
+    tokens = services.settings.token_users()
+    if not tokens:
+        return None
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    for token, user in tokens.items():
+        if secrets.compare_digest(token.encode(), credentials.credentials.encode()):
+            return user
+    raise HTTPException(
+        status.HTTP_401_UNAUTHORIZED, "unknown token", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+UserDep = Annotated[str | None, Depends(get_user)]

@@ -1,0 +1,182 @@
+"""Shapes of the API's answers (built from store records; no I/O)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from imagestudio.services import API_PREFIX
+from imagestudio.store.models import AttemptRecord, ImageRecord, JobProgress, JobRecord
+
+
+class Counts(BaseModel):
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class SkuProgress(BaseModel):
+    sku: str
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class JobOut(BaseModel):
+    id: str
+    job_id: str
+    user_id: str
+    mode: str
+    status: str
+    counts: Counts
+    skus: list[SkuProgress]
+    result_image_urls: list[str]
+    error: str | None
+    output: dict[str, Any]
+    provider: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    links: dict[str, str]
+
+
+class JobSummary(BaseModel):
+    id: str
+    job_id: str
+    user_id: str
+    status: str
+    total: int
+    completed: int
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ImageOut(BaseModel):
+    position: int
+    sku: str
+    stem: str
+    name: str
+    source_url: str
+    status: str
+    attempts: int
+    provider_calls: int
+    rate_limit_waits: int
+    prompt: str
+    result_url: str | None
+    error: str | None
+    error_kind: str | None
+    queued_until: datetime | None
+    first_started_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class AttemptOut(BaseModel):
+    position: int
+    sku: str
+    stem: str
+    attempt: int
+    worker: str
+    start: datetime
+    end: datetime | None
+    seconds: float | None
+    outcome: str | None
+    error: str | None
+    wait_seconds: float | None
+
+
+def job_out(progress: JobProgress) -> JobOut:
+    job = progress.job
+    base = f"{API_PREFIX}/jobs/{job.job_id}"
+    return JobOut(
+        id=job.id,
+        job_id=job.job_id,
+        user_id=job.user_id,
+        mode=job.mode,
+        status=job.status,
+        counts=Counts(total=job.total, **progress.counts),
+        skus=[
+            SkuProgress(sku=sku, total=sum(c.values()), **c) for sku, c in progress.per_sku.items()
+        ],
+        result_image_urls=job.result_image_urls,
+        error=job.error,
+        output={
+            "width": job.output.width,
+            "height": job.output.height,
+            "format": job.output.format,
+            "quality": job.output.quality,
+        },
+        provider={"api_base": job.api_base, "model": job.model, "api_style": job.api_style},
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        finished_at=job.finished_at,
+        links={
+            "self": base,
+            "images": f"{base}/images",
+            "events": f"{base}/events",
+            "timeline": f"{base}/timeline",
+        },
+    )
+
+
+def job_summary(job: JobRecord) -> JobSummary:
+    return JobSummary(
+        id=job.id,
+        job_id=job.job_id,
+        user_id=job.user_id,
+        status=job.status,
+        total=job.total,
+        completed=len(job.result_image_urls),
+        error=job.error,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+    )
+
+
+def image_out(image: ImageRecord) -> ImageOut:
+    waiting = image.status == "queued" and image.first_started_at is not None
+    return ImageOut(
+        position=image.position,
+        sku=image.sku,
+        stem=image.stem,
+        name=image.name,
+        source_url=image.source_url,
+        status=image.status,
+        attempts=image.attempts,
+        provider_calls=image.calls,
+        rate_limit_waits=image.snoozes,
+        prompt=image.prompt,
+        result_url=image.result_url,
+        error=image.error,
+        error_kind=image.error_kind,
+        queued_until=image.run_after if waiting else None,
+        first_started_at=image.first_started_at,
+        started_at=image.started_at,
+        finished_at=image.finished_at,
+    )
+
+
+def attempt_out(attempt: AttemptRecord) -> AttemptOut:
+    seconds = (attempt.ended_at - attempt.started_at).total_seconds() if attempt.ended_at else None
+    return AttemptOut(
+        position=attempt.position,
+        sku=attempt.sku,
+        stem=attempt.stem,
+        attempt=attempt.fence,
+        worker=attempt.worker,
+        start=attempt.started_at,
+        end=attempt.ended_at,
+        seconds=seconds,
+        outcome=attempt.outcome,
+        error=attempt.error,
+        wait_seconds=attempt.wait_seconds,
+    )

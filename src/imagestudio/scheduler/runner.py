@@ -1,0 +1,214 @@
+"""The task runner: the one module that wires source -> provider -> imaging -> storage -> store.
+
+One claimed task in, one recorded outcome out. Failures become values through the pure retry
+policy; the store's fencing makes a stale attempt's result a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import structlog
+
+from imagestudio.crypto import SecretBox
+from imagestudio.errors import ImageStudioError, LeaseLost, ProviderError, RateLimited
+from imagestudio.imaging.fetch import SourceFetcher
+from imagestudio.imaging.process import postprocess, prepare_source
+from imagestudio.observability import Metrics
+from imagestudio.providers.base import ImageProvider, ImageRequest, ProviderConfig
+from imagestudio.providers.factory import make_provider, provider_size
+from imagestudio.scheduler.retry import (
+    AttemptState,
+    FailImage,
+    FailJob,
+    RetryPolicy,
+    decide,
+    describe,
+    error_kind,
+    run_after,
+)
+from imagestudio.storage.base import ResultStorage
+from imagestudio.store.models import ClaimedTask, Failed, Outcome, Requeue, Succeeded
+from imagestudio.store.store import Store
+
+log = structlog.get_logger("imagestudio.runner")
+
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def result_prefix(task: ClaimedTask) -> str:
+    return f"{task.job_pk}/{task.position:04d}-"
+
+
+def result_key(task: ClaimedTask) -> str:
+    """``<job>/<position>-<sku>-<stem>-a<fence>.<ext>``: one per attempt, so stale writers
+    can never overwrite the winner; the winner removes the others."""
+    sku = _UNSAFE.sub("_", task.sku)[:60] or "sku"
+    stem = _UNSAFE.sub("_", task.stem)[:80] or "image"
+    ext = EXTENSIONS[task.job.output.format]
+    return f"{result_prefix(task)}{sku}-{stem}-a{task.fence}.{ext}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    policy: RetryPolicy
+    max_pixels: int
+    provider_timeout: float
+    files_url: str  # prefix for result URLs, e.g. "/api/v1/image_studio/files"
+
+
+class ProviderPool:
+    """Provider clients kept per provider key, so connections are reused across tasks."""
+
+    def __init__(self, box: SecretBox, store: Store, timeout: float, size: int = 64) -> None:
+        self._box, self._store, self._timeout, self._size = box, store, timeout, size
+        self._providers: OrderedDict[str, ImageProvider] = OrderedDict()
+
+    async def get(self, task: ClaimedTask) -> ImageProvider:
+        job = task.job
+        key = f"{job.provider_key}:{job.api_style}"
+        if key in self._providers:
+            self._providers.move_to_end(key)
+            return self._providers[key]
+        sealed = await self._store.sealed_key(task.job_pk)
+        if sealed is None:
+            raise ImageStudioError("the job's API key was erased; submit the job again")
+        config = ProviderConfig(
+            api_base=job.api_base,
+            api_key=self._box.open(sealed),
+            model=job.model,
+            api_style="chat" if job.api_style == "chat" else "images",
+            timeout_seconds=self._timeout,
+        )
+        provider = make_provider(config)
+        self._providers[key] = provider
+        if len(self._providers) > self._size:
+            _, oldest = self._providers.popitem(last=False)
+            await oldest.aclose()
+        return provider
+
+    async def aclose(self) -> None:
+        providers, self._providers = list(self._providers.values()), OrderedDict()
+        for provider in providers:
+            await provider.aclose()
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        storage: ResultStorage,
+        fetcher: SourceFetcher,
+        providers: ProviderPool,
+        config: RunnerConfig,
+        metrics: Metrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store, self.storage, self.fetcher, self.metrics = store, storage, fetcher, metrics
+        self.providers, self.config = providers, config
+        self.rng = rng or random.Random()
+
+    async def run(self, task: ClaimedTask) -> None:
+        bound = log.bind(
+            job_id=task.job.job_id, sku=task.sku, stem=task.stem, attempt=task.attempts
+        )
+        bound.info(f"Processing image {task.position + 1}/{task.job.total}")
+        outcome: Outcome
+        try:
+            outcome = await self._attempt(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure becomes a decision, never a crash
+            outcome = self._decide(task, exc)
+        try:
+            status = await self.store.finish(task, outcome)
+        except LeaseLost:
+            bound.warning("lease lost; result discarded")
+            if isinstance(outcome, Succeeded):
+                await self.storage.delete(outcome.result_key)
+            return
+        self.metrics.images_finished.labels(type(outcome).__name__.lower()).inc()
+        bound.info(
+            "image finished",
+            outcome=type(outcome).__name__.lower(),
+            error=getattr(outcome, "error", None),
+            job_status=status,
+        )
+        if isinstance(outcome, Succeeded):
+            await self._remove_stale(task, outcome.result_key)
+
+    async def _attempt(self, task: ClaimedTask) -> Succeeded:
+        if task.attempts > self.config.policy.max_attempts:
+            raise ImageStudioError(f"worker lost {task.attempts - 1} times while running it")
+        job = task.job
+        source = await self.fetcher.fetch(task.source_url)
+        prepared = await asyncio.to_thread(
+            prepare_source, source.data, source.filename, max_pixels=self.config.max_pixels
+        )
+        provider = await self.providers.get(task)
+        request = ImageRequest(
+            prompt=task.prompt,
+            model=job.model,
+            size=provider_size(job.model, job.output.width, job.output.height),
+            source=prepared,
+        )
+        raw = await self._call(provider, request)
+        data = await asyncio.to_thread(
+            postprocess, raw, job.output, max_pixels=self.config.max_pixels
+        )
+        key = result_key(task)
+        await self.storage.put(key, data, CONTENT_TYPES[job.output.format])
+        return Succeeded(result_key=key, result_url=f"{self.config.files_url}/{key}")
+
+    async def _call(self, provider: ImageProvider, request: ImageRequest) -> bytes:
+        started = time.monotonic()
+        try:
+            raw = await provider.generate(request)
+        except RateLimited:
+            self.metrics.rate_limited.inc()
+            self.metrics.provider_calls.labels("rate_limited").inc()
+            raise
+        except ProviderError as exc:
+            self.metrics.provider_calls.labels(error_kind(exc)).inc()
+            raise
+        self.metrics.provider_calls.labels("ok").inc()
+        self.metrics.provider_latency.observe(time.monotonic() - started)
+        return raw
+
+    def _decide(self, task: ClaimedTask, exc: BaseException) -> Outcome:
+        now = self.store.clock()
+        state = AttemptState(
+            attempts=task.attempts,
+            snoozes=task.snoozes,
+            billed_timeouts=task.billed_timeouts,
+            first_started_at=task.first_started_at,
+        )
+        decision = decide(exc, state, self.config.policy, now=now, rng=self.rng)
+        if not isinstance(exc, ImageStudioError):
+            log.exception("unexpected error in task", job_id=task.job.job_id, exc_info=exc)
+        if isinstance(decision, FailJob):
+            return Failed(error=decision.reason, error_kind=error_kind(exc), fail_job=True)
+        if isinstance(decision, FailImage):
+            return Failed(error=decision.reason, error_kind=error_kind(exc))
+        return Requeue(
+            run_after=run_after(now, decision.delay),
+            error=describe(exc),
+            error_kind=error_kind(exc),
+            wait_seconds=decision.delay,
+            consumes_attempt=decision.consumes_attempt,
+            billed_timeout=decision.billed_timeout,
+        )
+
+    async def _remove_stale(self, task: ClaimedTask, keep: str) -> None:
+        """Delete results a crashed or fenced-out earlier attempt left behind."""
+        for key in await self.storage.list(result_prefix(task)):
+            if key != keep:
+                await self.storage.delete(key)

@@ -1,0 +1,169 @@
+"""The worker loop: claim while slots are free, keep leases alive, drain on stop.
+
+A worker holds at most ``concurrency`` tasks. Every ``heartbeat_interval`` it extends the
+leases it still holds; a task whose lease it no longer holds (taken over after a stall, or
+cancelled) has its coroutine cancelled, so a cancelled job stops calling the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+import structlog
+
+from imagestudio.scheduler.runner import TaskRunner
+from imagestudio.store.models import ClaimedTask
+from imagestudio.store.store import Store
+
+log = structlog.get_logger("imagestudio.worker")
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    concurrency: int = 8
+    lease_seconds: float = 30.0
+    poll_interval: float = 0.5
+    heartbeat_interval: float = 2.0
+    drain_grace: float = 30.0
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        runner: TaskRunner,
+        config: WorkerConfig,
+        *,
+        worker_id: str | None = None,
+        wakeup: asyncio.Event | None = None,
+    ) -> None:
+        self.store, self.runner, self.config = store, runner, config
+        self.id = worker_id or new_worker_id()
+        self.wakeup = wakeup or asyncio.Event()
+        self._inflight: dict[int, tuple[ClaimedTask, asyncio.Task[None]]] = {}
+        self._slot_freed = asyncio.Event()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, then drain: finish in-flight tasks within the grace."""
+        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        log.info("worker started", worker=self.id, concurrency=self.config.concurrency)
+        try:
+            while not stop.is_set():
+                claimed = await self._fill()
+                if not claimed:
+                    await self._idle(stop)
+        finally:
+            await self._drain()
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            log.info("worker stopped", worker=self.id)
+
+    async def run_until_idle(self, settle: float = 0.05) -> None:
+        """Burst mode for tests and benchmarks: return when nothing is runnable or running."""
+        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        try:
+            while True:
+                claimed = await self._fill()
+                if claimed or self._inflight:
+                    await self._wait_for_slot()
+                    continue
+                if not await self.store.has_pending():
+                    return
+                await asyncio.sleep(settle)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _fill(self) -> int:
+        free = self.config.concurrency - len(self._inflight)
+        if free <= 0:
+            return 0
+        try:
+            tasks = await self.store.claim(self.id, free, self.config.lease_seconds)
+        except Exception:
+            log.exception("claim failed; will retry", worker=self.id)
+            await asyncio.sleep(self.config.poll_interval)
+            return 0
+        for task in tasks:
+            runner = asyncio.create_task(self._run_one(task), name=f"image-{task.image_id}")
+            self._inflight[task.image_id] = (task, runner)
+        return len(tasks)
+
+    async def _run_one(self, task: ClaimedTask) -> None:
+        try:
+            await self.runner.run(task)
+        except asyncio.CancelledError:
+            log.info("task cancelled", job_id=task.job.job_id, stem=task.stem)
+        except Exception:
+            log.exception("task crashed", job_id=task.job.job_id, stem=task.stem)
+        finally:
+            self._inflight.pop(task.image_id, None)
+            self._slot_freed.set()
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        waiters = [asyncio.ensure_future(e.wait()) for e in (stop, self.wakeup, self._slot_freed)]
+        try:
+            await asyncio.wait(
+                waiters, timeout=self.config.poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        self.wakeup.clear()
+        self._slot_freed.clear()
+
+    async def _wait_for_slot(self) -> None:
+        if not self._inflight:
+            return
+        self._slot_freed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.poll_interval):
+                await self._slot_freed.wait()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            await self._beat()
+
+    async def _beat(self) -> None:
+        ids = list(self._inflight)
+        if not ids:
+            return
+        try:
+            held = await self.store.heartbeat(self.id, ids, self.config.lease_seconds)
+        except Exception:
+            log.exception("heartbeat failed", worker=self.id)
+            return
+        for image_id in set(ids) - held:
+            entry = self._inflight.get(image_id)
+            if entry is not None:
+                log.info("lease gone (cancelled or taken over); stopping task", image=image_id)
+                entry[1].cancel()
+
+    async def _drain(self) -> None:
+        if not self._inflight:
+            return
+        pending = [runner for _, runner in self._inflight.values()]
+        log.info("draining", worker=self.id, inflight=len(pending))
+        _, still = await asyncio.wait(pending, timeout=self.config.drain_grace)
+        leftovers = [task for task, runner in list(self._inflight.values()) if runner in still]
+        for runner in still:
+            runner.cancel()
+        await asyncio.gather(*still, return_exceptions=True)
+        for task in leftovers:
+            await self.store.release(task)

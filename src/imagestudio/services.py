@@ -1,0 +1,117 @@
+"""Build the long-lived parts (store, storage, fetcher, providers, worker) from settings.
+
+Used by the API's lifespan, ``imagestudio worker`` and the tests, so that all of them run
+the same wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from imagestudio.crypto import SecretBox, load_or_create_key
+from imagestudio.imaging.fetch import SourceFetcher
+from imagestudio.observability import Metrics
+from imagestudio.scheduler.retry import RetryPolicy
+from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
+from imagestudio.scheduler.worker import Worker, WorkerConfig
+from imagestudio.settings import Settings
+from imagestudio.storage import open_storage
+from imagestudio.storage.base import ResultStorage
+from imagestudio.store.db import create_engine, migrate_async
+from imagestudio.store.store import Store
+
+API_PREFIX = "/api/v1/image_studio"
+FILES_PATH = f"{API_PREFIX}/files"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    storage: ResultStorage
+    box: SecretBox
+    http: httpx.AsyncClient
+    providers: ProviderPool
+    runner: TaskRunner
+    metrics: Metrics
+    wakeup: asyncio.Event
+
+    def wake_workers(self) -> None:
+        """Tell in-process workers new work is there, so they claim without waiting a poll."""
+        self.wakeup.set()
+
+    def worker(self, concurrency: int, *, wakeup: asyncio.Event | None = None) -> Worker:
+        s = self.settings
+        config = WorkerConfig(
+            concurrency=concurrency,
+            lease_seconds=s.lease_seconds,
+            poll_interval=s.poll_interval,
+            heartbeat_interval=min(2.0, s.lease_seconds / 3),
+        )
+        return Worker(self.store, self.runner, config, wakeup=wakeup or self.wakeup)
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.max_attempts,
+        max_rate_limit_snoozes=settings.max_rate_limit_snoozes,
+        max_billed_timeouts=settings.max_billed_timeouts,
+        deadline_seconds=settings.image_deadline_seconds,
+        backoff_base=settings.backoff_base_seconds,
+        backoff_max=settings.backoff_max_seconds,
+    )
+
+
+def files_url(settings: Settings) -> str:
+    base = (settings.public_base_url or "").rstrip("/")
+    return f"{base}{FILES_PATH}"
+
+
+@contextlib.asynccontextmanager
+async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Services]:
+    """Everything a process needs, closed in order when the block ends."""
+    url = settings.effective_database_url
+    if migrate:
+        await migrate_async(url)
+    store = Store(create_engine(url))
+    box = SecretBox(load_or_create_key(_secret(settings), settings.data_dir))
+    storage = open_storage(settings.effective_storage_url)
+    http = httpx.AsyncClient(follow_redirects=False, timeout=settings.source_timeout_seconds)
+    providers = ProviderPool(box, store, settings.provider_timeout_seconds)
+    fetcher = SourceFetcher(
+        http,
+        max_bytes=settings.source_max_bytes,
+        timeout=settings.source_timeout_seconds,
+        allow_list=settings.private_allow_list(),
+    )
+    metrics = Metrics()
+    runner = TaskRunner(
+        metrics=metrics,
+        store=store,
+        storage=storage,
+        fetcher=fetcher,
+        providers=providers,
+        config=RunnerConfig(
+            policy=retry_policy(settings),
+            max_pixels=settings.max_pixels,
+            provider_timeout=settings.provider_timeout_seconds,
+            files_url=files_url(settings),
+        ),
+    )
+    try:
+        yield Services(
+            settings, store, storage, box, http, providers, runner, metrics, asyncio.Event()
+        )
+    finally:
+        await providers.aclose()
+        await http.aclose()
+        await store.close()
+
+
+def _secret(settings: Settings) -> str | None:
+    return settings.secret_key.get_secret_value() if settings.secret_key else None
