@@ -1,0 +1,89 @@
+"""A small HTTP client for the CLI: submit a payload and follow a job with progress bars."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from imagestudio.domain import TERMINAL_JOB_STATUSES
+from imagestudio.services import API_PREFIX
+
+
+class ApiClient:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def submit(self, payload: dict[str, Any]) -> httpx.Response:
+        return self.http.post(f"{API_PREFIX}/jobs", json=payload)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.http.get(f"{API_PREFIX}/jobs/{job_id}")
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+    def images(self, job_id: str) -> list[dict[str, Any]]:
+        response = self.http.get(f"{API_PREFIX}/jobs/{job_id}/images")
+        response.raise_for_status()
+        images: list[dict[str, Any]] = response.json()["images"]
+        return images
+
+
+def _done(counts: dict[str, int]) -> int:
+    return counts["succeeded"] + counts["failed"] + counts["cancelled"]
+
+
+def follow(
+    client: ApiClient, job_id: str, console: Console, interval: float = 0.25
+) -> dict[str, Any]:
+    """Show one bar for the job and one per SKU until the job ends; return the final job."""
+    job = client.job(job_id)
+    columns = (
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        overall = progress.add_task(f"job {job_id[:20]}", total=job["counts"]["total"], state="")
+        bars = {
+            sku["sku"]: progress.add_task(f"  {sku['sku'][:22]}", total=sku["total"], state="")
+            for sku in job["skus"]
+        }
+        while True:
+            counts = job["counts"]
+            progress.update(overall, completed=_done(counts), state=job["status"])
+            for sku in job["skus"]:
+                state = f"{sku['running']} running" if sku["running"] else ""
+                progress.update(bars[sku["sku"]], completed=_done(sku), state=state)
+            if job["status"] in TERMINAL_JOB_STATUSES:
+                return job
+            time.sleep(interval)
+            job = client.job(job_id)
+
+
+def summary_table(job: dict[str, Any], images: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"job {job['job_id']}: {job['status']}")
+    for column in ("#", "sku", "stem", "status", "attempts", "result / error"):
+        table.add_column(column)
+    for image in images:
+        outcome = image["result_url"] or image["error"] or ""
+        table.add_row(
+            str(image["position"] + 1),
+            image["sku"],
+            image["stem"],
+            image["status"],
+            str(image["attempts"]),
+            outcome,
+        )
+    return table
