@@ -1,0 +1,340 @@
+"""The fake OpenAI-compatible provider over real HTTP on 127.0.0.1: limits, triggers, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import hashlib
+import io
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from imagestudio.background_server import BackgroundServer
+from imagestudio.imaging.samples import sample_product_photo
+from imagestudio.providers.fake_server import (
+    FakeProviderConfig,
+    Gcra,
+    create_fake_provider_app,
+    format_duration,
+    sample_latency,
+)
+from imagestudio.providers.retry_after import parse_duration
+
+KEY = "sk-test-fake-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SOURCE = sample_product_photo(1, "SKU 1", (320, 240))
+
+StartFake = Callable[..., str]
+
+
+@pytest.fixture(scope="module")
+def fake_url() -> Iterator[str]:
+    with BackgroundServer(create_fake_provider_app(FakeProviderConfig(latency_ms=0))) as server:
+        yield server.url
+
+
+@pytest.fixture
+def start_fake(fake_url: str) -> StartFake:
+    """``start_fake(**config) -> base URL``: the module's fake, reconfigured and reset."""
+
+    def start(**config: Any) -> str:
+        settings = dataclasses.asdict(FakeProviderConfig(latency_ms=0)) | config
+        httpx.post(f"{fake_url}/_fake/config", json=settings).raise_for_status()
+        httpx.post(f"{fake_url}/_fake/reset").raise_for_status()
+        return fake_url
+
+    return start
+
+
+def edit(client: httpx.AsyncClient, prompt: str = "studio shot", **fields: str) -> Any:
+    data = {"prompt": prompt, "model": "gpt-image-1", "size": "256x256", **fields}
+    files = {"image": ("sku.jpg", SOURCE, "image/jpeg")}
+    return client.post("/v1/images/edits", data=data, files=files)
+
+
+def decode(body: dict[str, Any]) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(body["data"][0]["b64_json"])))
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+async def test_edit_returns_an_image_derived_from_the_source(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        response = await edit(client, size="320x200")
+    assert response.status_code == 200
+    body = response.json()
+    assert {"created", "data", "usage"} <= set(body)
+    image = decode(body)
+    assert image.format == "PNG"
+    assert image.size == (320, 200)
+    for name in ("limit", "remaining", "reset"):
+        assert f"x-ratelimit-{name}-requests" in response.headers
+
+
+async def test_edit_defaults_to_1024_and_honours_output_format(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        default = await client.post(
+            "/v1/images/edits",
+            data={"prompt": "p", "model": "gpt-image-1"},
+            files={"image": ("a.jpg", SOURCE, "image/jpeg")},
+        )
+        jpeg = await edit(client, output_format="jpeg")
+    assert decode(default.json()).size == (1024, 1024)
+    assert decode(jpeg.json()).format == "JPEG"
+
+
+async def test_generation_and_chat(start_fake: StartFake) -> None:
+    source_url = "data:image/jpeg;base64," + base64.b64encode(SOURCE).decode()
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "put it on marble"},
+                {"type": "image_url", "image_url": {"url": source_url}},
+            ],
+        }
+    ]
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        generated = await client.post(
+            "/v1/images/generations",
+            json={"prompt": "a mug", "model": "gpt-image-1", "size": "256x256"},
+        )
+        chat = await client.post(
+            "/v1/chat/completions", json={"model": "gemini", "messages": messages}
+        )
+    assert decode(generated.json()).size == (256, 256)
+    message = chat.json()["choices"][0]["message"]
+    assert message["content"]
+    [image] = message["images"]
+    assert image["type"] == "image_url"
+    assert image["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+async def test_response_format_is_refused_for_gpt_image_and_served_for_dall_e(
+    start_fake: StartFake,
+) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        refused = await edit(client, response_format="url")
+        served = await client.post(
+            "/v1/images/generations",
+            json={
+                "prompt": "a mug",
+                "model": "dall-e-2",
+                "size": "256x256",
+                "response_format": "url",
+            },
+        )
+        url = served.json()["data"][0]["url"]
+        image = await client.get(url)
+    assert refused.status_code == 400
+    assert error_of(refused)["message"] == "Unknown parameter: 'response_format'."
+    assert error_of(refused)["param"] == "response_format"
+    assert image.status_code == 200
+    assert image.content.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "invalid_api_key"),
+        ({"Authorization": "Bearer sk-bad-key-123456"}, 401, "invalid_api_key"),
+        ({"Authorization": "Bearer sk-noquota-123456"}, 429, "insufficient_quota"),
+    ],
+)
+async def test_key_triggers(
+    start_fake: StartFake, headers: dict[str, str], status: int, code: str
+) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=headers) as client:
+        response = await edit(client)
+    assert response.status_code == status
+    assert error_of(response)["code"] == code
+
+
+async def test_prompt_triggers(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(latency_ms=20), headers=AUTH) as client:
+        refused = await edit(client, "a gun [[refuse]]")
+        empty = await edit(client, "[[noimage]] nothing")
+        started = time.monotonic()
+        slow = await edit(client, "take your time [[slow]]")
+        slow_seconds = time.monotonic() - started
+    assert refused.status_code == 400
+    assert error_of(refused)["code"] == "moderation_blocked"
+    assert "safety system" in error_of(refused)["message"]
+    assert empty.status_code == 200
+    assert empty.json()["data"] == []
+    assert slow.status_code == 200
+    assert slow_seconds >= 0.2
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"size": "huge"}, "size"),
+        ({"prompt": ""}, "prompt"),
+        ({"output_format": "bmp"}, "output_format"),
+    ],
+)
+async def test_invalid_requests_name_the_parameter(
+    start_fake: StartFake, fields: dict[str, str], param: str
+) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        response = await edit(client, **fields)
+    assert response.status_code == 400
+    assert error_of(response)["param"] == param
+
+
+async def test_a_bad_source_image_is_a_400(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        response = await client.post(
+            "/v1/images/edits",
+            data={"prompt": "p"},
+            files={"image": ("a.png", b"not an image", "image/png")},
+        )
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_image"
+
+
+async def test_concurrency_limit_answers_429_with_headers(start_fake: StartFake) -> None:
+    url = start_fake(concurrency=2, latency_ms=300)
+    async with httpx.AsyncClient(base_url=url, headers=AUTH) as client:
+        responses = await asyncio.gather(*(edit(client) for _ in range(4)))
+        stats = (await client.get("/_fake/stats")).json()
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 200, 429, 429]
+    limited = next(r for r in responses if r.status_code == 429)
+    assert error_of(limited)["code"] == "rate_limit_exceeded"
+    assert error_of(limited)["message"].startswith("Rate limit reached for")
+    assert int(limited.headers["retry-after"]) >= 1
+    assert 0 < int(limited.headers["retry-after-ms"]) <= 300
+    assert limited.headers["x-ratelimit-limit-requests"] == "2"
+    assert limited.headers["x-ratelimit-remaining-requests"] == "0"
+    assert parse_duration(limited.headers["x-ratelimit-reset-requests"]) is not None
+    assert stats["totals"]["peak_in_flight"] == 2
+    assert stats["totals"]["429"] == 2
+    assert stats["totals"]["ok"] == 2
+
+
+async def test_rpm_limit_answers_429_with_the_wait(start_fake: StartFake) -> None:
+    url = start_fake(rpm=60)  # one request per second, bursts of one
+    async with httpx.AsyncClient(base_url=url, headers=AUTH) as client:
+        first = await edit(client)
+        second = await edit(client)
+    assert first.status_code == 200
+    assert first.headers["x-ratelimit-limit-requests"] == "60"
+    assert first.headers["x-ratelimit-remaining-requests"] == "0"
+    assert second.status_code == 429
+    assert 800 <= int(second.headers["retry-after-ms"]) <= 1000
+    assert second.headers["retry-after"] == "1"
+    assert "requests per min (RPM): Limit 60" in error_of(second)["message"]
+
+
+async def test_error_rate_answers_500(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(
+        base_url=start_fake(error_rate=1.0, seed=1), headers=AUTH
+    ) as client:
+        response = await edit(client)
+    assert response.status_code == 500
+    assert error_of(response)["code"] == "server_error"
+    assert "x-ratelimit-limit-requests" in response.headers
+
+
+async def test_config_changes_at_runtime_and_reset_clears_stats(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(latency_ms=200), headers=AUTH) as client:
+        assert [r.status_code for r in await asyncio.gather(edit(client), edit(client))] == [
+            200,
+            200,
+        ]
+        changed = await client.post("/_fake/config", json={"concurrency": 1, "latency_ms": 200})
+        assert changed.json()["concurrency"] == 1
+        statuses = sorted(r.status_code for r in await asyncio.gather(edit(client), edit(client)))
+        assert statuses == [200, 429]
+        refused = await client.post("/_fake/config", json={"error_rate": 2})
+        assert refused.status_code == 400
+        unknown = await client.post("/_fake/config", json={"colour": "red"})
+        assert unknown.status_code == 400
+        assert (await client.post("/_fake/reset")).status_code == 200
+        stats = (await client.get("/_fake/stats")).json()
+    assert stats["totals"]["requests"] == 0
+    assert stats["calls"] == []
+    assert stats["config"]["concurrency"] == 1
+
+
+async def test_stats_log_every_call_without_the_key(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        await edit(client, "first")
+        await edit(client, "[[refuse]]")
+        stats = (await client.get("/_fake/stats")).json()
+        brief = (await client.get("/_fake/stats", params={"calls": "0"})).json()
+    assert stats["totals"] == {
+        "requests": 2,
+        "ok": 1,
+        "429": 0,
+        "500": 0,
+        "401": 0,
+        "400": 1,
+        "peak_in_flight": 1,
+        "in_flight": 0,
+    }
+    first, second = stats["calls"]
+    assert first["endpoint"] == "images.edits"
+    assert first["status"] == 200
+    assert first["model"] == "gpt-image-1"
+    assert first["prompt"] == "first"
+    assert first["key"] == hashlib.sha256(KEY.encode()).hexdigest()[:12]
+    assert first["start"] <= first["end"] <= second["start"]
+    assert second["code"] == "moderation_blocked"
+    assert KEY not in str(stats)
+    assert "calls" not in brief
+
+
+async def test_samples_are_served(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake()) as client:
+        response = await client.get("/samples/7.jpg")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(response.content)).size == (800, 800)
+
+
+def test_sample_photos_differ_per_index() -> None:
+    first, second = sample_product_photo(0, "A", (64, 64)), sample_product_photo(1, "A", (64, 64))
+    assert first != second
+    assert Image.open(io.BytesIO(first)).format == "JPEG"
+
+
+@pytest.mark.parametrize("dist", ["fixed", "uniform", "lognormal", "exponential"])
+def test_latency_distributions_have_the_configured_mean(dist: str) -> None:
+    import random
+
+    rng = random.Random(7)
+    samples = [sample_latency(rng, 100.0, dist) for _ in range(4000)]
+    assert sum(samples) / len(samples) == pytest.approx(0.1, rel=0.1)
+    assert min(samples) >= 0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.25, "250ms"), (0.0, "0ms"), (1.0, "1s"), (1.5, "1.5s"), (360, "6m0s"), (3723, "1h2m3s")],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_gcra_allows_bursts_then_paces() -> None:
+    limiter = Gcra(rpm=600, burst=3)  # one every 0.1 s
+    assert [limiter.acquire(10.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.acquire(10.0) == pytest.approx(0.1)
+    assert limiter.remaining(10.0) == 0
+    assert limiter.acquire(10.1) == 0.0
+    assert limiter.remaining(10.5) == 3
+    assert limiter.reset_after(10.5) == 0.0
