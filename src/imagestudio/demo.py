@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -19,57 +18,15 @@ from imagestudio.background_server import BackgroundServer
 from imagestudio.client import ApiClient, follow, summary_table
 from imagestudio.providers.fake_server import FakeProviderConfig, create_fake_provider_app
 from imagestudio.settings import Settings
+from imagestudio.testing import batch_payload
 
 DEMO_KEY = "sk-demo-not-a-real-key"
-
-
-def seed_payload(provider_url: str, job_id: str) -> dict[str, Any]:
-    """The seed's example payload, pointed at the fake provider and its sample photos."""
-    sources = {
-        "SKU1": [1, 2, 3],
-        "SKU2": [4],
-        "SKU3": [5],
-    }
-    return {
-        "job_id": job_id,
-        "user_id": "user-123",
-        "mode": "batch_series_generate",
-        "sku": "__batch__",
-        "stem": None,
-        "options": {
-            "skus": list(sources),
-            "sku_images_map": {
-                sku: [
-                    {
-                        "url": f"{provider_url}/samples/{n}.jpg",
-                        "name": f"img{n}.jpg",
-                        "stem": f"stem{n}",
-                    }
-                    for n in numbers
-                ]
-                for sku, numbers in sources.items()
-            },
-            "settings": {"imageSize": "1536x1536", "imageFormat": "png", "quality": 90},
-            "api_key": DEMO_KEY,
-            "api_base": f"{provider_url}/v1",
-            "model": "gpt-image-1",
-            "target_width": 1536,
-            "target_height": 1536,
-            "output_format": "png",
-            "use_english": False,
-            "prompt_templates": {
-                "common_cn": "根据图片内容生成电商产品图, 保持产品外观不变",
-                "main_cn": "主图: 纯白背景, 产品居中",
-                "opt_remove_watermark_cn": "去除水印",
-            },
-        },
-    }
 
 
 def run_demo(console: Console, *, data_dir: Path, latency_ms: float, workers: int) -> int:
     fake = FakeProviderConfig(latency_ms=latency_ms, latency_dist="lognormal", concurrency=8)
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         data_dir=data_dir,
         database_url=None,
         storage_url=None,
@@ -86,7 +43,7 @@ def run_demo(console: Console, *, data_dir: Path, latency_ms: float, workers: in
         client = ApiClient(service.url)
         try:
             job_id = f"demo-{uuid.uuid4().hex[:8]}"
-            response = client.submit(seed_payload(provider.url, job_id))
+            response = client.submit(batch_payload(provider.url, job_id, api_key=DEMO_KEY))
             response.raise_for_status()
             job = follow(client, job_id, console)
             console.print(summary_table(job, client.images(job_id)))

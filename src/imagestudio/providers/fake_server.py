@@ -242,6 +242,17 @@ def render_generation(prompt: str, size: tuple[int, int], output_format: str) ->
     return render_edit(source, prompt, size, output_format)
 
 
+def chat_size(source: bytes, long_side: int = 1024) -> tuple[int, int]:
+    """Chat image models keep the source's aspect ratio: ``long_side`` on its longer side."""
+    try:
+        with Image.open(io.BytesIO(source)) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return (long_side, long_side)
+    scale = long_side / max(width, height, 1)
+    return (max(16, round(width * scale)), max(16, round(height * scale)))
+
+
 def check_image(data: bytes) -> bool:
     """True if Pillow recognizes the bytes as an image (header only, cheap)."""
     try:
@@ -641,6 +652,7 @@ async def _parse_chat(request: Request) -> ParsedRequest:
     )
     if urls:
         parsed.source = _decode_data_url(urls[-1])
+        parsed.size = chat_size(parsed.source)
         if not check_image(parsed.source):
             raise _bad_request(
                 "The image data URL is not a valid image.", "messages", "invalid_image_url"

@@ -79,7 +79,7 @@ class OpenAIChatProvider(OpenAIClientBase):
             messages=chat_messages(request),  # type: ignore[arg-type]
             extra_body={"modalities": ["image", "text"]},
         )
-        if not completion.choices:
+        if not getattr(completion, "choices", None):  # a non-JSON answer arrives as a str
             raise NoImageReturned("provider answered without choices")
         choice = completion.choices[0]
         url = next(image_urls(choice.message), None)

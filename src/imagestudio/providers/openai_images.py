@@ -135,7 +135,10 @@ class OpenAIImagesProvider(OpenAIClientBase):
             result = await self._client.images.edit(image=image, **params)
         else:
             result = await self._client.images.generate(**params)
-        return await self._first_image(result.data or [])
+        data = getattr(result, "data", None)  # a non-JSON answer arrives as a plain str
+        if not isinstance(data, list):
+            raise NoImageReturned("provider answer is not an images response")
+        return await self._first_image(data)
 
     async def _first_image(self, data: list[Any]) -> bytes:
         for item in data:

@@ -70,13 +70,20 @@ class ProviderPool:
     def __init__(self, box: SecretBox, store: Store, timeout: float, size: int = 64) -> None:
         self._box, self._store, self._timeout, self._size = box, store, timeout, size
         self._providers: OrderedDict[str, ImageProvider] = OrderedDict()
+        self._lock = asyncio.Lock()
 
     async def get(self, task: ClaimedTask) -> ImageProvider:
-        job = task.job
-        key = f"{job.provider_key}:{job.api_style}"
+        key = f"{task.job.provider_key}:{task.job.api_style}"
         if key in self._providers:
             self._providers.move_to_end(key)
             return self._providers[key]
+        async with self._lock:  # two tasks of one job must not both build a client
+            if key not in self._providers:
+                await self._add(key, task)
+            return self._providers[key]
+
+    async def _add(self, key: str, task: ClaimedTask) -> None:
+        job = task.job
         sealed = await self._store.sealed_key(task.job_pk)
         if sealed is None:
             raise ImageStudioError("the job's API key was erased; submit the job again")
@@ -87,12 +94,10 @@ class ProviderPool:
             api_style="chat" if job.api_style == "chat" else "images",
             timeout_seconds=self._timeout,
         )
-        provider = make_provider(config)
-        self._providers[key] = provider
+        self._providers[key] = make_provider(config)
         if len(self._providers) > self._size:
             _, oldest = self._providers.popitem(last=False)
             await oldest.aclose()
-        return provider
 
     async def aclose(self) -> None:
         providers, self._providers = list(self._providers.values()), OrderedDict()

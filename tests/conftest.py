@@ -1,0 +1,118 @@
+"""Shared fixtures: real SQLite and real PostgreSQL, real loopback servers.
+
+PostgreSQL tests clone a migrated template database per test (``CREATE DATABASE ... TEMPLATE``).
+Locally they skip when PostgreSQL is unreachable; with ``CI=true`` they fail instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from imagestudio.background_server import BackgroundServer
+from imagestudio.providers.fake_server import FakeProviderConfig, create_fake_provider_app
+from imagestudio.services import Services, open_services
+from imagestudio.settings import Settings
+from imagestudio.store.db import migrate
+
+PG_DSN = os.environ.get("IMAGESTUDIO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEMPLATE = "imagestudio_test_template"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _sa_url(dsn: str, database: str) -> str:
+    base = dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{database}"
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_DSN, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> str:
+    """A migrated template database, made once per test session."""
+
+    async def make() -> None:
+        await _admin(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        await _admin(f'CREATE DATABASE "{TEMPLATE}"')
+
+    # Fixtures may be requested from inside a running event loop: work in a fresh thread.
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            pool.submit(asyncio.run, make()).result()
+        except (OSError, asyncpg.PostgresError) as exc:
+            if IN_CI:
+                pytest.fail(f"PostgreSQL is required under CI=true and unreachable: {exc}")
+            pytest.skip(f"PostgreSQL unreachable: {exc}")
+        pool.submit(migrate, _sa_url(PG_DSN, TEMPLATE)).result()
+    return TEMPLATE
+
+
+def admin_sql(sql: str) -> None:
+    """Run one admin statement on PostgreSQL, from sync code even inside a running loop."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _admin(sql)).result()
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    name = f"imagestudio_t_{uuid.uuid4().hex[:12]}"
+    admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    try:
+        yield _sa_url(PG_DSN, name)
+    finally:
+        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same store tests run on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+def make_settings(tmp_path: Path, db_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "database_url": db_url,
+        "allow_private_urls": "127.0.0.1",
+        "lease_seconds": 5.0,
+        "poll_interval": 0.05,
+        "backoff_base_seconds": 0.05,
+        "backoff_max_seconds": 0.2,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return make_settings(tmp_path, db_url)
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    async with open_services(settings) as built:
+        yield built
+
+
+@pytest.fixture
+def fake_provider() -> Iterator[BackgroundServer]:
+    """A real fake provider on loopback, fast enough for tests."""
+    app = create_fake_provider_app(FakeProviderConfig(latency_ms=20, seed=1))
+    with BackgroundServer(app) as server:
+        yield server
