@@ -85,3 +85,7 @@ def test_scrub_removes_keys_and_tokens(text: str) -> None:
 
 def test_scrub_cuts_long_messages() -> None:
     assert len(scrub("x" * 5000)) == 500
+
+
+def test_scrub_leaves_ordinary_words_alone() -> None:
+    assert scrub("the task-force asked") == "the task-force asked"

@@ -42,7 +42,7 @@ from imagestudio.providers.retry_after import parse_retry_after
 REDACTED = "[REDACTED]"
 MAX_MESSAGE = 500
 
-_SK_TOKEN = re.compile(r"sk-[A-Za-z0-9_\-*.]{4,}")
+_SK_TOKEN = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*.]{4,}")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-~+/=*]+")
 _CONTENT_CODES = frozenset(
     {"content_policy_violation", "moderation_blocked", "content_filter", "safety_violation"}

@@ -376,6 +376,8 @@ class FakeState:
             self._build_limiter()
         if "seed" in changes:
             self.rng = random.Random(self.config.seed)
+        if "max_log" in changes:
+            self.calls = deque(self.calls, maxlen=self.config.max_log)
 
     def reset(self) -> None:
         self.counts.clear()
