@@ -9,6 +9,7 @@ meets them, with ``raise Mapped(...) from exc`` so the cause is kept.
     │   ├── PayloadInvalid          a field of the submitted payload (HTTP 422)
     │   ├── JobConflict             a used job_id with a different payload (HTTP 409)
     │   ├── JobNotFound             no such job for this user (HTTP 404)
+    │   ├── ApiKeyRequired          a retry of an ended job must bring the key again (HTTP 422)
     │   ├── UnsafeURL               a URL we refuse to fetch (scheme, private address)
     │   ├── SourceNotFound          the source image answered 4xx (404, 403, ...)
     │   ├── SourceTooLarge          the source exceeds the byte or pixel cap
@@ -60,6 +61,10 @@ class JobConflict(InputError):
 
 class JobNotFound(InputError):
     """No job with that id belongs to this user."""
+
+
+class ApiKeyRequired(InputError):
+    """The job's API key was erased when it ended; the caller must send it again."""
 
 
 class UnsafeURL(InputError):

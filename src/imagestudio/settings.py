@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=8, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval: float = Field(default=0.5, gt=0)
+    events_poll_seconds: float = Field(default=0.5, gt=0)
     max_attempts: int = Field(default=4, ge=1)
     max_rate_limit_snoozes: int = Field(default=50, ge=0)
     max_billed_timeouts: int = Field(default=1, ge=0)

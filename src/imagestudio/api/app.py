@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from imagestudio.api.routes import jobs, system
-from imagestudio.errors import JobConflict, JobNotFound, PayloadInvalid
+from imagestudio.errors import ApiKeyRequired, JobConflict, JobNotFound, PayloadInvalid
 from imagestudio.services import API_PREFIX, open_services
 from imagestudio.settings import Settings
 
@@ -62,3 +62,15 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobNotFound)
     async def _missing(_: Request, exc: JobNotFound) -> JSONResponse:
         return JSONResponse({"detail": exc.message, "error": "not_found"}, status_code=404)
+
+    @app.exception_handler(ApiKeyRequired)
+    async def _key_required(_: Request, exc: ApiKeyRequired) -> JSONResponse:
+        detail = [
+            {
+                "loc": ["body", "api_key"],
+                "field": "api_key",
+                "msg": exc.message,
+                "type": "api_key_required",
+            }
+        ]
+        return JSONResponse({"detail": detail, "error": exc.message}, status_code=422)

@@ -129,6 +129,9 @@ class TaskRunner:
         outcome: Outcome
         try:
             outcome = await self._attempt(task)
+        except LeaseLost:
+            bound.info("task no longer held (cancelled or taken over); stopped")
+            return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # every failure becomes a decision, never a crash
@@ -159,6 +162,8 @@ class TaskRunner:
             prepare_source, source.data, source.filename, max_pixels=self.config.max_pixels
         )
         provider = await self.providers.get(task)
+        if not await self.store.still_held(task):  # cancelled while the source was fetched
+            raise LeaseLost("the task was cancelled or taken over before the provider call")
         request = ImageRequest(
             prompt=task.prompt,
             model=job.model,

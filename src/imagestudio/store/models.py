@@ -129,3 +129,11 @@ class JobProgress:
     job: JobRecord
     counts: dict[str, int]
     per_sku: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    id: int
+    type: str
+    data: dict[str, Any]
+    created_at: datetime

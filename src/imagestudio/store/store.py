@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, func, or_, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -25,10 +25,12 @@ from imagestudio.domain import (
     OutputSpec,
     rollup_status,
 )
-from imagestudio.errors import JobConflict, JobNotFound, LeaseLost
+from imagestudio.errors import ApiKeyRequired, JobConflict, JobNotFound, LeaseLost
+from imagestudio.store.claim_sql import CLAIM_LOCK_KEY, claim_candidates
 from imagestudio.store.models import (
     AttemptRecord,
     ClaimedTask,
+    EventRecord,
     Failed,
     ImageRecord,
     JobProgress,
@@ -38,7 +40,13 @@ from imagestudio.store.models import (
     SubmitResult,
     Succeeded,
 )
-from imagestudio.store.tables import ai_job, ai_job_attempt, ai_job_image, ai_job_secret
+from imagestudio.store.tables import (
+    ai_job,
+    ai_job_attempt,
+    ai_job_event,
+    ai_job_image,
+    ai_job_secret,
+)
 
 Clock = Callable[[], datetime]
 QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
@@ -217,43 +225,22 @@ class Store:
     # -- the worker's side --------------------------------------------------------------
 
     async def claim(self, worker: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
-        """Lease up to ``limit`` runnable tasks: queued and due, or running with a dead lease.
+        """Lease up to ``limit`` tasks that may start now, fairest first (``claim_sql``).
 
-        This is the one place that decides "may this task start now?".
+        This is the one place that decides "may this task start now?". Expired leases are
+        rescued first, in the same transaction, so nothing stays ``running`` after a crash.
         """
         if limit <= 0:
             return []
         now = self.clock()
-        until = now + timedelta(seconds=lease_seconds)
-        img = ai_job_image
-        candidates = (
-            select(img.c.id)
-            .join(ai_job, ai_job.c.id == img.c.job_pk)
-            .where(_runnable(now))
-            .order_by(ai_job.c.created_at, img.c.job_pk, img.c.position)
-            .limit(limit)
-            .with_for_update(of=img, skip_locked=True)
-        )
-        claim = (
-            update(img)
-            .where(img.c.id.in_(candidates.scalar_subquery()))
-            .values(
-                status=RUNNING,
-                fence=img.c.fence + 1,
-                attempts=img.c.attempts + 1,
-                calls=img.c.calls + 1,
-                lease_owner=worker,
-                lease_expires_at=until,
-                started_at=now,
-                first_started_at=func.coalesce(img.c.first_started_at, now),
-                updated_at=now,
-            )
-            .returning(img)
-        )
         async with self.engine.begin() as conn:
-            rows = (await conn.execute(claim)).all()
-            if not rows:
+            if self.dialect == "postgresql":
+                await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+            await _rescue_expired(conn, now)
+            ids = list((await conn.scalars(claim_candidates(now, limit))).all())
+            if not ids:
                 return []
+            rows = list((await conn.execute(_lease(ids, worker, now, lease_seconds))).all())
             job_pks = sorted({r.job_pk for r in rows})
             await conn.execute(
                 update(ai_job)
@@ -261,20 +248,41 @@ class Store:
                 .values(status=JobStatus.RUNNING.value, updated_at=now)
             )
             await conn.execute(
-                ai_job_attempt.insert(),
+                ai_job_attempt.insert(), [_attempt_row(r, worker, now) for r in rows]
+            )
+            await _events(
+                conn,
+                now,
                 [
-                    {
-                        "job_pk": r.job_pk,
-                        "image_id": r.id,
-                        "fence": r.fence,
-                        "worker": worker,
-                        "started_at": now,
-                    }
+                    (
+                        r.job_pk,
+                        "image",
+                        {
+                            "position": r.position,
+                            "sku": r.sku,
+                            "stem": r.stem,
+                            "status": RUNNING,
+                            "attempt": r.attempts,
+                        },
+                    )
                     for r in rows
                 ],
             )
             jobs = await _jobs_by_pk(conn, job_pks)
+        order = {image_id: i for i, image_id in enumerate(ids)}
+        rows.sort(key=lambda r: order[r.id])
         return [_claimed(r, jobs[r.job_pk]) for r in rows]
+
+    async def still_held(self, task: ClaimedTask) -> bool:
+        """Whether this attempt still owns its task (checked right before a provider call)."""
+        img = ai_job_image
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(
+                select(img.c.id).where(
+                    img.c.id == task.image_id, img.c.fence == task.fence, img.c.status == RUNNING
+                )
+            )
+        return found is not None
 
     async def heartbeat(
         self, worker: str, image_ids: Sequence[int], lease_seconds: float
@@ -365,7 +373,129 @@ class Store:
             )
             if isinstance(outcome, Failed) and outcome.fail_job:
                 await self._fail_queued(conn, task.job_pk, outcome, now)
-            return await self._rollup(conn, task.job_pk, now)
+            status = await self._rollup(conn, task.job_pk, now)
+            await _events(conn, now, [(task.job_pk, "image", _event_data(task, outcome, status))])
+            return status
+
+    # -- user actions -------------------------------------------------------------------
+
+    async def cancel(self, job_pk: str) -> str:
+        """Cancel a job: queued and running images end ``cancelled`` now (a running attempt's
+        worker sees its lease gone at its next heartbeat and aborts the call); images already
+        done are kept. Idempotent; a job that already ended is left as it is."""
+        now = self.clock()
+        img, att = ai_job_image, ai_job_attempt
+        async with self.engine.begin() as conn:
+            await self._lock_job(conn, job_pk)
+            status = await conn.scalar(select(ai_job.c.status).where(ai_job.c.id == job_pk))
+            if status in TERMINAL_JOB_STATUSES:
+                return str(status)
+            await conn.execute(
+                update(ai_job).where(ai_job.c.id == job_pk).values(cancel_requested=True)
+            )
+            await conn.execute(
+                update(img)
+                .where(img.c.job_pk == job_pk, img.c.status.in_([QUEUED, RUNNING]))
+                .values(
+                    status=ImageStatus.CANCELLED.value,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    finished_at=now,
+                    updated_at=now,
+                    error="cancelled",
+                    error_kind="Cancelled",
+                )
+            )
+            await conn.execute(
+                update(att)
+                .where(att.c.job_pk == job_pk, att.c.ended_at.is_(None))
+                .values(ended_at=now, outcome="cancelled")
+            )
+            status = await self._rollup(conn, job_pk, now)
+            await _events(conn, now, [(job_pk, "job", {"status": status, "action": "cancel"})])
+            return status
+
+    async def retry_failed(self, job_pk: str, sealed_key: bytes | None, new_key: str | None) -> int:
+        """Queue the job's failed images again with a fresh attempt budget; returns how many.
+
+        The key was erased when the job ended, so a retry brings it again (``sealed_key``,
+        ``new_key`` for the provider key); without one it raises ``ApiKeyRequired``.
+        """
+        now = self.clock()
+        img = ai_job_image
+        async with self.engine.begin() as conn:
+            await self._lock_job(conn, job_pk)
+            failed = await conn.scalar(
+                select(func.count()).where(
+                    img.c.job_pk == job_pk, img.c.status == ImageStatus.FAILED.value
+                )
+            )
+            if not failed:
+                return 0
+            await self._rekey(conn, job_pk, sealed_key, new_key)
+            await conn.execute(
+                update(img)
+                .where(img.c.job_pk == job_pk, img.c.status == ImageStatus.FAILED.value)
+                .values(
+                    status=QUEUED,
+                    attempts=0,
+                    snoozes=0,
+                    billed_timeouts=0,
+                    first_started_at=None,
+                    finished_at=None,
+                    error=None,
+                    error_kind=None,
+                    run_after=now,
+                    updated_at=now,
+                )
+            )
+            await conn.execute(
+                update(ai_job)
+                .where(ai_job.c.id == job_pk)
+                .values(cancel_requested=False, error=None)
+            )
+            status = await self._rollup(conn, job_pk, now)
+            await _events(
+                conn,
+                now,
+                [(job_pk, "job", {"status": status, "action": "retry", "requeued": int(failed)})],
+            )
+            return int(failed)
+
+    async def _rekey(
+        self, conn: AsyncConnection, job_pk: str, sealed_key: bytes | None, new_key: str | None
+    ) -> None:
+        has_key = await conn.scalar(
+            select(ai_job_secret.c.job_pk).where(ai_job_secret.c.job_pk == job_pk)
+        )
+        if sealed_key is None or new_key is None:
+            if has_key is None:
+                raise ApiKeyRequired(
+                    "the job's API key was erased when it ended; send it again as api_key"
+                )
+            return
+        job = (await conn.execute(select(ai_job).where(ai_job.c.id == job_pk))).one()
+        await conn.execute(ai_job_secret.delete().where(ai_job_secret.c.job_pk == job_pk))
+        await conn.execute(ai_job_secret.insert().values(job_pk=job_pk, api_key_enc=sealed_key))
+        await conn.execute(
+            update(ai_job)
+            .where(ai_job.c.id == job_pk)
+            .values(provider_key=provider_key(job.api_base, new_key, job.model))
+        )
+
+    async def events_after(self, job_pk: str, after: int, limit: int = 500) -> list[EventRecord]:
+        ev = ai_job_event
+        query = (
+            select(ev.c.id, ev.c.type, ev.c.data, ev.c.created_at)
+            .where(ev.c.job_pk == job_pk, ev.c.id > after)
+            .order_by(ev.c.id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            EventRecord(id=r.id, type=r.type, data=r.data, created_at=r.created_at) for r in rows
+        ]
 
     async def _lock_job(self, conn: AsyncConnection, job_pk: str) -> None:
         if self.dialect == "postgresql":
@@ -411,17 +541,99 @@ class Store:
             "finished_at": now if status in TERMINAL_JOB_STATUSES else None,
         }
         await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(**values))
-        if status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED):
+        if status in TERMINAL_JOB_STATUSES:  # the key is erased when the job ends
             await conn.execute(ai_job_secret.delete().where(ai_job_secret.c.job_pk == job_pk))
         return status.value
 
 
-def _runnable(now: datetime) -> Any:
+def _lease(ids: list[int], worker: str, now: datetime, lease_seconds: float) -> Any:
     img = ai_job_image
-    return or_(
-        and_(img.c.status == QUEUED, img.c.run_after <= now),
-        and_(img.c.status == RUNNING, img.c.lease_expires_at < now),
+    return (
+        update(img)
+        .where(img.c.id.in_(ids))
+        .values(
+            status=RUNNING,
+            fence=img.c.fence + 1,
+            attempts=img.c.attempts + 1,
+            calls=img.c.calls + 1,
+            lease_owner=worker,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=now,
+            first_started_at=func.coalesce(img.c.first_started_at, now),
+            updated_at=now,
+        )
+        .returning(img)
     )
+
+
+async def _rescue_expired(conn: AsyncConnection, now: datetime) -> None:
+    """Put tasks whose worker died (lease expired) back in the queue; their attempt counts."""
+    img, att = ai_job_image, ai_job_attempt
+    lost = (
+        await conn.execute(
+            update(img)
+            .where(img.c.status == RUNNING, img.c.lease_expires_at < now)
+            .values(
+                status=QUEUED,
+                lease_owner=None,
+                lease_expires_at=None,
+                run_after=now,
+                error="worker lost (lease expired)",
+                error_kind="LeaseExpired",
+                updated_at=now,
+            )
+            .returning(img.c.id, img.c.fence)
+        )
+    ).all()
+    for image_id, fence in lost:
+        await conn.execute(
+            update(att)
+            .where(att.c.image_id == image_id, att.c.fence == fence, att.c.ended_at.is_(None))
+            .values(ended_at=now, outcome="lost", error="worker lost (lease expired)")
+        )
+
+
+def _event_data(task: ClaimedTask, outcome: Outcome, job_status: str) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "position": task.position,
+        "sku": task.sku,
+        "stem": task.stem,
+        "attempt": task.attempts,
+        "job_status": job_status,
+    }
+    if isinstance(outcome, Succeeded):
+        return data | {"status": ImageStatus.SUCCEEDED.value, "result_url": outcome.result_url}
+    if isinstance(outcome, Requeue):
+        return data | {
+            "status": QUEUED,
+            "error": outcome.error,
+            "retry_in": round(outcome.wait_seconds, 3),
+        }
+    return data | {"status": ImageStatus.FAILED.value, "error": outcome.error}
+
+
+def _attempt_row(row: Row[Any], worker: str, now: datetime) -> dict[str, Any]:
+    return {
+        "job_pk": row.job_pk,
+        "image_id": row.id,
+        "fence": row.fence,
+        "worker": worker,
+        "started_at": now,
+    }
+
+
+async def _events(
+    conn: AsyncConnection, now: datetime, events: Sequence[tuple[str, str, dict[str, Any]]]
+) -> None:
+    """Append progress events (the SSE stream reads them back by id)."""
+    if events:
+        await conn.execute(
+            ai_job_event.insert(),
+            [
+                {"job_pk": pk, "type": kind, "data": data, "created_at": now}
+                for pk, kind, data in events
+            ],
+        )
 
 
 def _outcome_values(outcome: Outcome, now: datetime) -> dict[str, Any]:

@@ -153,3 +153,14 @@ ai_job_attempt = Table(
     Column("wait_seconds", Float),
     Index(None, "job_pk", "started_at"),
 )
+
+ai_job_event = Table(
+    "ai_job_event",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("job_pk", String(36), ForeignKey("ai_job.id", ondelete="CASCADE"), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("data", Json, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index(None, "job_pk", "id"),
+)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Header, Query, Request, Response, status
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import BaseModel, Field
 
 from imagestudio.api.deps import ServicesDep, StoreDep, UserDep
 from imagestudio.api.schemas import (
@@ -17,6 +21,7 @@ from imagestudio.api.schemas import (
     job_out,
     job_summary,
 )
+from imagestudio.domain import TERMINAL_JOB_STATUSES
 from imagestudio.submission import submit
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -65,3 +70,65 @@ async def get_timeline(store: StoreDep, user: UserDep, job_id: str) -> dict[str,
     job = await store.get_job(user, job_id)
     calls: list[AttemptOut] = [attempt_out(a) for a in await store.attempts(job.id)]
     return {"job_id": job.job_id, "created_at": job.created_at, "calls": calls}
+
+
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+async def cancel_job(store: StoreDep, user: UserDep, job_id: str) -> JobOut:
+    """Queued images end ``cancelled`` now; running calls are aborted within seconds."""
+    job = await store.get_job(user, job_id)
+    await store.cancel(job.id)
+    return job_out(await store.progress(user, job_id))
+
+
+class RetryBody(BaseModel):
+    api_key: str | None = Field(default=None, min_length=1)
+
+
+class RetryOut(BaseModel):
+    requeued: int
+    job: JobOut
+
+
+@router.post("/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=RetryOut)
+async def retry_job(
+    services: ServicesDep, user: UserDep, job_id: str, body: RetryBody | None = None
+) -> RetryOut:
+    """Queue the failed images again (fresh attempts); succeeded ones are not redone."""
+    store = services.store
+    job = await store.get_job(user, job_id)
+    key = body.api_key if body else None
+    sealed = services.box.seal(key) if key else None
+    requeued = await store.retry_failed(job.id, sealed, key)
+    if requeued:
+        services.wake_workers()
+    return RetryOut(requeued=requeued, job=job_out(await store.progress(user, job_id)))
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse)
+async def job_events(
+    request: Request,
+    services: ServicesDep,
+    user: UserDep,
+    job_id: str,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """Progress as Server-Sent Events; reconnecting with ``Last-Event-ID`` resumes after it.
+
+    The first event (``snapshot``, no id) is the whole job; then one event per change
+    (``image``, ``job``); the stream ends with ``end`` once the job has ended.
+    """
+    store = services.store
+    job = await store.get_job(user, job_id)
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    yield ServerSentEvent(event="snapshot", data=job_out(await store.progress(user, job_id)))
+    while not await request.is_disconnected():
+        events = await store.events_after(job.id, after)
+        for event in events:
+            after = event.id
+            yield ServerSentEvent(id=str(event.id), event=event.type, data=event.data)
+        if not events:
+            current = await store.get_job(user, job_id)
+            if current.status in TERMINAL_JOB_STATUSES:
+                yield ServerSentEvent(event="end", data={"status": current.status})
+                return
+            await asyncio.sleep(services.settings.events_poll_seconds)

@@ -100,6 +100,35 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "ai_job_event",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("job_pk", sa.String(length=36), nullable=False),
+        sa.Column("type", sa.String(length=32), nullable=False),
+        sa.Column(
+            "data",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["job_pk"],
+            ["ai_job.id"],
+            name=op.f("fk_ai_job_event_job_pk_ai_job"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ai_job_event")),
+    )
+    with op.batch_alter_table("ai_job_event", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_ai_job_event_job_pk_id"), ["job_pk", "id"], unique=False
+        )
+
+    op.create_table(
         "ai_job_image",
         sa.Column(
             "id",
@@ -171,6 +200,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_ai_job_image_job_pk_status"))
 
     op.drop_table("ai_job_image")
+    with op.batch_alter_table("ai_job_event", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_ai_job_event_job_pk_id"))
+
+    op.drop_table("ai_job_event")
     with op.batch_alter_table("ai_job_attempt", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_ai_job_attempt_job_pk_started_at"))
 

@@ -1,0 +1,108 @@
+"""The claim query: which queued image tasks may start now, in what order. SQL only, no I/O.
+
+Admission (may it start?):
+- the task is ``queued`` and due (``run_after <= now``), and its job is not being cancelled;
+- the job's ``max_concurrency`` is not reached: running + rank within the job <= cap;
+- for ``sku_serial`` jobs, no earlier image of the same SKU is still queued or running.
+
+Order (fairness): a round robin across users, then across each user's jobs. Every candidate
+gets a *turn*: for its user, ``running tasks of the user + its rank among the user's
+candidates``; the user's candidates are ranked by their job's turn (``running tasks of the
+job + rank within the job``). Lowest turn first. So a user with nothing running is served
+before a user who holds every slot, and within a user, jobs take turns. This is deficit round
+robin with a quantum of one task, computed in one query (window functions, SQLite >= 3.25 and
+PostgreSQL alike).
+
+Callers serialize claims (PostgreSQL: a transaction-level advisory lock; SQLite: ``BEGIN
+IMMEDIATE``), so the counts the query reads cannot change under it and the limits are global
+across every worker process and machine.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, exists, false, func, or_, select
+
+from imagestudio.domain import ImageStatus
+from imagestudio.store.tables import ai_job, ai_job_image
+
+QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
+CLAIM_LOCK_KEY = 7_320_114_901  # pg_advisory_xact_lock key for claims
+
+
+def claim_candidates(now: datetime, limit: int) -> Any:
+    """``SELECT id ... ORDER BY turn LIMIT limit`` of the tasks to start, fairest first."""
+    img, job = ai_job_image, ai_job
+    running = ai_job_image.alias("running")
+    job_running = (
+        select(running.c.job_pk, func.count().label("n"))
+        .where(running.c.status == RUNNING)
+        .group_by(running.c.job_pk)
+        .subquery("job_running")
+    )
+    running_job = ai_job.alias("running_job")
+    user_running = (
+        select(running_job.c.user_id, func.count().label("n"))
+        .select_from(running.join(running_job, running_job.c.id == running.c.job_pk))
+        .where(running.c.status == RUNNING)
+        .group_by(running_job.c.user_id)
+        .subquery("user_running")
+    )
+    earlier = ai_job_image.alias("earlier")
+    sku_blocked = exists().where(
+        earlier.c.job_pk == img.c.job_pk,
+        earlier.c.sku == img.c.sku,
+        earlier.c.position < img.c.position,
+        earlier.c.status.in_([QUEUED, RUNNING]),
+    )
+    jr = func.coalesce(job_running.c.n, 0)
+    base = (
+        select(
+            img.c.id,
+            img.c.position,
+            job.c.user_id,
+            job.c.created_at,
+            job.c.max_concurrency,
+            jr.label("jr"),
+            func.coalesce(user_running.c.n, 0).label("ur"),
+            (jr + func.row_number().over(partition_by=img.c.job_pk, order_by=img.c.position)).label(
+                "job_turn"
+            ),
+        )
+        .select_from(
+            img.join(job, job.c.id == img.c.job_pk)
+            .outerjoin(job_running, job_running.c.job_pk == img.c.job_pk)
+            .outerjoin(user_running, user_running.c.user_id == job.c.user_id)
+        )
+        .where(
+            img.c.status == QUEUED,
+            img.c.run_after <= now,
+            job.c.cancel_requested == false(),
+            or_(job.c.sku_serial == false(), ~sku_blocked),
+        )
+        .subquery("base")
+    )
+    user_turn = base.c.ur + func.row_number().over(
+        partition_by=base.c.user_id,
+        order_by=(base.c.job_turn, base.c.created_at, base.c.position),
+    )
+    ranked = (
+        select(
+            base.c.id,
+            user_turn.label("user_turn"),
+            base.c.job_turn,
+            base.c.created_at,
+            base.c.position,
+        )
+        .where(
+            or_(base.c.max_concurrency.is_(None), and_(base.c.job_turn <= base.c.max_concurrency))
+        )
+        .subquery("ranked")
+    )
+    return (
+        select(ranked.c.id)
+        .order_by(ranked.c.user_turn, ranked.c.job_turn, ranked.c.created_at, ranked.c.position)
+        .limit(limit)
+    )
