@@ -23,7 +23,7 @@ from imagestudio.settings import Settings
 from imagestudio.store.db import migrate
 
 PG_DSN = os.environ.get("IMAGESTUDIO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-TEMPLATE = "imagestudio_test_template"
+TEMPLATE = f"imagestudio_tpl_{os.getpid()}"  # one per test session: sessions may overlap
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -41,7 +41,7 @@ async def _admin(sql: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_template() -> str:
+def pg_template() -> Iterator[str]:
     """A migrated template database, made once per test session."""
 
     async def make() -> None:
@@ -57,7 +57,8 @@ def pg_template() -> str:
                 pytest.fail(f"PostgreSQL is required under CI=true and unreachable: {exc}")
             pytest.skip(f"PostgreSQL unreachable: {exc}")
         pool.submit(migrate, _sa_url(PG_DSN, TEMPLATE)).result()
-    return TEMPLATE
+    yield TEMPLATE
+    admin_sql(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
 
 
 def admin_sql(sql: str) -> None:

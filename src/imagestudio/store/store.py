@@ -550,7 +550,7 @@ def _lease(ids: list[int], worker: str, now: datetime, lease_seconds: float) -> 
     img = ai_job_image
     return (
         update(img)
-        .where(img.c.id.in_(ids))
+        .where(img.c.id.in_(ids), img.c.status == QUEUED)  # cancelled meanwhile: skip it
         .values(
             status=RUNNING,
             fence=img.c.fence + 1,
