@@ -71,6 +71,7 @@ class FakeProviderConfig:
     seed: int | None = None
     rpm_burst: int | None = None
     max_log: int = 100_000
+    ratelimit_headers: bool = True  # False: a provider that reports no x-ratelimit-* headers
 
     def validate(self) -> FakeProviderConfig:
         """Return self, or raise ``ValueError`` naming the bad field."""
@@ -422,12 +423,9 @@ class FakeState:
             f"Limit {limit}, Used {len(self.in_flight)}, Requested 1. "
             f"Please try again in {format_duration(wait)}."
         )
-        headers = {
-            "x-ratelimit-limit-requests": str(limit),
-            "x-ratelimit-remaining-requests": "0",
-            "x-ratelimit-reset-requests": format_duration(wait),
-        }
-        raise _rate_limited(message, wait, headers)
+        # Like real providers, a concurrency limit is not reported in the x-ratelimit-*
+        # headers (those count requests per minute); only the wait is.
+        raise _rate_limited(message, wait, self._headers(now, None))
 
     def _rpm_message(self, model: str, wait: float) -> str:
         rpm = self.config.rpm
@@ -438,12 +436,12 @@ class FakeState:
         )
 
     def _headers(self, now: float, wait: float | None) -> dict[str, str]:
+        """OpenAI's request headers: the per-minute limit, what remains, when it resets."""
+        if not self.config.ratelimit_headers:
+            return {}
         if self.limiter is not None:
             limit, remaining = round(self.config.rpm or 0), self.limiter.remaining(now)
             reset = wait if wait is not None else self.limiter.reset_after(now)
-        elif self.config.concurrency is not None:
-            limit = self.config.concurrency
-            remaining, reset = max(0, limit - len(self.in_flight)), 0.0
         else:
             limit, remaining, reset = UNLIMITED, UNLIMITED - 1, 0.0
         return {
