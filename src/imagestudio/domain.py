@@ -104,6 +104,16 @@ class JobPayload(_Open):
 
 
 @dataclass(frozen=True, slots=True)
+class RateInfo:
+    """What a provider's ``x-ratelimit-*-requests`` headers said: the per-minute request
+    limit, what remains of it, and seconds until it resets."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class OutputSpec:
     width: int
     height: int

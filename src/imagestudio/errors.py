@@ -33,6 +33,11 @@ nothing above a provider adapter looks at an ``openai`` or ``httpx`` exception t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imagestudio.domain import RateInfo
+
 
 class ImageStudioError(Exception):
     """Base of every error imagestudio raises on purpose."""
@@ -99,10 +104,16 @@ class RateLimited(ProviderError):
     """429 rate limit. ``retry_after`` is the wait in seconds the server asked for, if any."""
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, status_code: int | None = 429
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status_code: int | None = 429,
+        rate: RateInfo | None = None,
     ) -> None:
         super().__init__(message, status_code=status_code)
         self.retry_after = retry_after
+        self.rate = rate
 
 
 class ProviderTimeout(ProviderError):

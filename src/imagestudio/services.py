@@ -16,6 +16,7 @@ import httpx
 from imagestudio.crypto import SecretBox, load_or_create_key
 from imagestudio.imaging.fetch import SourceFetcher
 from imagestudio.observability import Metrics
+from imagestudio.scheduler.governor import GovernorParams
 from imagestudio.scheduler.retry import RetryPolicy
 from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
 from imagestudio.scheduler.worker import Worker, WorkerConfig
@@ -78,7 +79,11 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
     url = settings.effective_database_url
     if migrate:
         await migrate_async(url)
-    store = Store(create_engine(url))
+    store = Store(
+        create_engine(url),
+        governor=GovernorParams(initial_window=settings.governor_initial_window),
+        pins=settings.provider_pins(),
+    )
     box = SecretBox(load_or_create_key(_secret(settings), settings.data_dir))
     storage = open_storage(settings.effective_storage_url)
     http = httpx.AsyncClient(follow_redirects=False, timeout=settings.source_timeout_seconds)

@@ -7,8 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ProviderLimit(BaseModel):
+    """Limits an operator knows and pins for one ``api_base`` (default: learned)."""
+
+    max_concurrency: int | None = Field(default=None, ge=1)
+    rpm: float | None = Field(default=None, gt=0)
 
 
 class Settings(BaseSettings):
@@ -38,6 +45,11 @@ class Settings(BaseSettings):
     image_deadline_seconds: float = Field(default=1800.0, gt=0)
     backoff_base_seconds: float = Field(default=1.0, ge=0)
     backoff_max_seconds: float = Field(default=60.0, ge=0)
+
+    # Provider limits pinned per api_base, as JSON: {"https://api.openai.com/v1":
+    # {"max_concurrency": 8, "rpm": 500}}. Keys not listed are governed adaptively.
+    provider_limits: dict[str, ProviderLimit] = Field(default_factory=dict)
+    governor_initial_window: float = Field(default=2.0, ge=1)
 
     # Source fetch and provider calls.
     source_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
@@ -74,6 +86,16 @@ class Settings(BaseSettings):
                 raise ValueError("IMAGESTUDIO_API_TOKENS must look like token=user_id,...")
             users[token.strip()] = user.strip()
         return users
+
+    def provider_pins(self) -> dict[str, tuple[float | None, float | None]]:
+        """Pinned (window, starts per second) by api_base."""
+        return {
+            base.rstrip("/"): (
+                float(limit.max_concurrency) if limit.max_concurrency else None,
+                limit.rpm / 60 if limit.rpm else None,
+            )
+            for base, limit in self.provider_limits.items()
+        }
 
     def private_allow_list(self) -> list[str]:
         return [p.strip() for p in self.allow_private_urls.split(",") if p.strip()]

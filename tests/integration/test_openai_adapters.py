@@ -115,7 +115,7 @@ async def test_generates_an_image(
     fake: str, provider_for: Any, style: str, with_source: bool
 ) -> None:
     provider = provider_for(fake, style)
-    data = await provider.generate(request(style, source=SOURCE if with_source else None))
+    data = (await provider.generate(request(style, source=SOURCE if with_source else None))).data
     image = Image.open(io.BytesIO(data))
     assert image.format == "PNG"
     # chat models pick their own size (the fake keeps the source's aspect, 1024 long side)
@@ -132,7 +132,7 @@ async def test_generates_an_image(
 async def test_dall_e_asks_for_b64_json(fake: str, open_providers: list[ImageProvider]) -> None:
     provider = make_provider(ProviderConfig(f"{fake}/v1", KEY, "dall-e-2", "images"))
     open_providers.append(provider)
-    data = await provider.generate(ImageRequest("a mug", "dall-e-2", "256x256"))
+    data = (await provider.generate(ImageRequest("a mug", "dall-e-2", "256x256"))).data
     assert data.startswith(b"\x89PNG")
 
 
@@ -164,7 +164,7 @@ async def test_works_with_an_injected_httpx_or_httpx2_client(fake: str, client_t
         provider = make_provider(
             ProviderConfig(f"{fake}/v1", KEY, "gpt-image-1", "images"), http_client=client
         )
-        data = await provider.generate(request("images"))
+        data = (await provider.generate(request("images"))).data
         await provider.aclose()
         assert not client.is_closed
     assert data.startswith(b"\x89PNG")
@@ -361,7 +361,7 @@ async def test_odd_answers_map_to_our_errors(
 async def test_chat_images_in_content_are_found(
     odd_url: str, provider_for: Any, prompt: str
 ) -> None:
-    data = await provider_for(odd_url, "chat").generate(request("chat", prompt))
+    data = (await provider_for(odd_url, "chat").generate(request("chat", prompt))).data
     assert Image.open(io.BytesIO(data)).size == (32, 32)
 
 

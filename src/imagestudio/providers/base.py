@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from imagestudio.domain import RateInfo
+
 
 @dataclass(frozen=True, slots=True)
 class SourceFile:
@@ -24,6 +26,14 @@ class ImageRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageResult:
+    """The image bytes and what the answer's rate-limit headers said (if anything)."""
+
+    data: bytes
+    rate: RateInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     api_base: str
     api_key: str
@@ -35,6 +45,6 @@ class ProviderConfig:
 class ImageProvider(Protocol):
     """Generates one image. Raises only ``imagestudio.errors.ProviderError`` subclasses."""
 
-    async def generate(self, request: ImageRequest) -> bytes: ...
+    async def generate(self, request: ImageRequest) -> ImageResult: ...
 
     async def aclose(self) -> None: ...

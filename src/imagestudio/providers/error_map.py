@@ -37,7 +37,7 @@ from imagestudio.errors import (
     QuotaExhausted,
     RateLimited,
 )
-from imagestudio.providers.retry_after import parse_retry_after
+from imagestudio.providers.retry_after import parse_rate_info, parse_retry_after
 
 REDACTED = "[REDACTED]"
 MAX_MESSAGE = 500
@@ -116,7 +116,12 @@ def status_error(
     suffix = f" ({code})" if code else ""
     message = scrub(f"provider answered {status}{suffix}: {detail or 'no details'}", secrets)
     if cls is RateLimited:
-        return RateLimited(message, retry_after=parse_retry_after(headers), status_code=status)
+        return RateLimited(
+            message,
+            retry_after=parse_retry_after(headers),
+            status_code=status,
+            rate=parse_rate_info(headers),
+        )
     if cls is ProviderTimeout:
         error = ProviderTimeout(message, sent=True)
         error.status_code = status

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from imagestudio.errors import ContentRejected, NoImageReturned, ProviderError
-from imagestudio.providers.base import ImageRequest, SourceFile
+from imagestudio.providers.base import ImageRequest, ImageResult, SourceFile
 from imagestudio.providers.error_map import MAPPED_EXCEPTIONS, scrub
 from imagestudio.providers.openai_images import OpenAIClientBase, decode_data_url
+from imagestudio.providers.retry_after import parse_rate_info
 
 _URL_IN_TEXT = re.compile(
     r"(data:image/[\w.+-]+;base64,[A-Za-z0-9+/=_-]+)|!\[[^\]]*\]\((https?://[^)\s]+)\)"
@@ -65,7 +66,7 @@ def image_urls(message: Any) -> Iterator[str]:
 class OpenAIChatProvider(OpenAIClientBase):
     """Chat-completions image models (OpenRouter-style ``message.images``)."""
 
-    async def generate(self, request: ImageRequest) -> bytes:
+    async def generate(self, request: ImageRequest) -> ImageResult:
         try:
             return await self._generate(request)
         except ProviderError:
@@ -73,12 +74,15 @@ class OpenAIChatProvider(OpenAIClientBase):
         except MAPPED_EXCEPTIONS as exc:
             raise self._mapped(exc) from exc
 
-    async def _generate(self, request: ImageRequest) -> bytes:
-        completion = await self._client.chat.completions.create(
+    async def _generate(self, request: ImageRequest) -> ImageResult:
+        raw = await self._client.chat.completions.with_raw_response.create(
             model=request.model,
             messages=chat_messages(request),  # type: ignore[arg-type]
             extra_body={"modalities": ["image", "text"]},
         )
+        return ImageResult(await self._image(raw.parse()), parse_rate_info(raw.headers))
+
+    async def _image(self, completion: Any) -> bytes:
         if not getattr(completion, "choices", None):  # a non-JSON answer arrives as a str
             raise NoImageReturned("provider answered without choices")
         choice = completion.choices[0]

@@ -18,8 +18,9 @@ import openai
 from openai import AsyncOpenAI
 
 from imagestudio.errors import NoImageReturned, ProviderError
-from imagestudio.providers.base import ImageRequest, ProviderConfig
+from imagestudio.providers.base import ImageRequest, ImageResult, ProviderConfig
 from imagestudio.providers.error_map import MAPPED_EXCEPTIONS, map_provider_error, scrub
+from imagestudio.providers.retry_after import parse_rate_info
 
 HttpClient = httpx2.AsyncClient | httpx.AsyncClient
 """An injectable async client: the SDK's own ``httpx2`` or a legacy ``httpx`` one."""
@@ -119,7 +120,7 @@ def image_params(request: ImageRequest) -> dict[str, Any]:
 class OpenAIImagesProvider(OpenAIClientBase):
     """``images.edit`` with the source image, ``images.generate`` without one."""
 
-    async def generate(self, request: ImageRequest) -> bytes:
+    async def generate(self, request: ImageRequest) -> ImageResult:
         try:
             return await self._generate(request)
         except ProviderError:
@@ -127,18 +128,20 @@ class OpenAIImagesProvider(OpenAIClientBase):
         except MAPPED_EXCEPTIONS as exc:
             raise self._mapped(exc) from exc
 
-    async def _generate(self, request: ImageRequest) -> bytes:
+    async def _generate(self, request: ImageRequest) -> ImageResult:
         params = image_params(request)
         source = request.source
+        images = self._client.images.with_raw_response  # the headers carry rate limits
         if source is not None:
             image = (source.filename, source.data, source.mime)
-            result = await self._client.images.edit(image=image, **params)
+            raw = await images.edit(image=image, **params)
         else:
-            result = await self._client.images.generate(**params)
+            raw = await images.generate(**params)
+        result = raw.parse()
         data = getattr(result, "data", None)  # a non-JSON answer arrives as a plain str
         if not isinstance(data, list):
             raise NoImageReturned("provider answer is not an images response")
-        return await self._first_image(data)
+        return ImageResult(await self._first_image(data), parse_rate_info(raw.headers))
 
     async def _first_image(self, data: list[Any]) -> bytes:
         for item in data:

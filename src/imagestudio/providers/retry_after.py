@@ -18,6 +18,8 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
+from imagestudio.domain import RateInfo
+
 # Waits longer than this are treated as garbage rather than advice.
 MAX_SENSIBLE_WAIT = 24 * 3600.0
 
@@ -97,3 +99,22 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         if wait is not None and 0.0 <= wait <= MAX_SENSIBLE_WAIT
     ]
     return max(waits) if waits else None
+
+
+def _int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = _float(text)
+    return int(value) if value is not None and value >= 0 else None
+
+
+def parse_rate_info(headers: Mapping[str, str]) -> RateInfo | None:
+    """The ``x-ratelimit-{limit,remaining,reset}-requests`` headers, or None without any."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    limit = _int(lowered.get("x-ratelimit-limit-requests"))
+    remaining = _int(lowered.get("x-ratelimit-remaining-requests"))
+    reset_text = lowered.get("x-ratelimit-reset-requests")
+    reset = parse_duration(reset_text) if reset_text else None
+    if limit is None and remaining is None and reset is None:
+        return None
+    return RateInfo(limit_requests=limit, remaining_requests=remaining, reset_requests=reset)

@@ -16,12 +16,20 @@ from dataclasses import dataclass
 import structlog
 
 from imagestudio.crypto import SecretBox
-from imagestudio.errors import ImageStudioError, LeaseLost, ProviderError, RateLimited
+from imagestudio.errors import (
+    ImageStudioError,
+    LeaseLost,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+)
 from imagestudio.imaging.fetch import SourceFetcher
 from imagestudio.imaging.process import postprocess, prepare_source
 from imagestudio.observability import Metrics
 from imagestudio.providers.base import ImageProvider, ImageRequest, ProviderConfig
 from imagestudio.providers.factory import make_provider, provider_size
+from imagestudio.scheduler.governor import Observation
 from imagestudio.scheduler.retry import (
     AttemptState,
     FailImage,
@@ -41,6 +49,17 @@ log = structlog.get_logger("imagestudio.runner")
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def governor_observation(error: ProviderError, sent_at: float, now: float) -> Observation | None:
+    """What a failed call tells the governor: a 429, back-pressure, or nothing about load."""
+    if isinstance(error, RateLimited):
+        return Observation(
+            "rate_limited", sent_at, now, retry_after=error.retry_after, rate=error.rate
+        )
+    if isinstance(error, ProviderUnavailable | ProviderTimeout):
+        return Observation("backpressure", sent_at, now)
+    return None
 
 
 def result_prefix(task: ClaimedTask) -> str:
@@ -170,7 +189,7 @@ class TaskRunner:
             size=provider_size(job.model, job.output.width, job.output.height),
             source=prepared,
         )
-        raw = await self._call(provider, request)
+        raw = await self._call(task, provider, request)
         data = await asyncio.to_thread(
             postprocess, raw, job.output, max_pixels=self.config.max_pixels
         )
@@ -178,20 +197,34 @@ class TaskRunner:
         await self.storage.put(key, data, CONTENT_TYPES[job.output.format])
         return Succeeded(result_key=key, result_url=f"{self.config.files_url}/{key}")
 
-    async def _call(self, provider: ImageProvider, request: ImageRequest) -> bytes:
-        started = time.monotonic()
+    async def _call(
+        self, task: ClaimedTask, provider: ImageProvider, request: ImageRequest
+    ) -> bytes:
+        """One provider call; what it tells about the provider's limits goes to its governor."""
+        sent_at = time.time()
         try:
-            raw = await provider.generate(request)
-        except RateLimited:
-            self.metrics.rate_limited.inc()
-            self.metrics.provider_calls.labels("rate_limited").inc()
-            raise
+            result = await provider.generate(request)
         except ProviderError as exc:
             self.metrics.provider_calls.labels(error_kind(exc)).inc()
+            observation = governor_observation(exc, sent_at, time.time())
+            if observation is not None:
+                await self._observe(task, observation)
             raise
+        now = time.time()
         self.metrics.provider_calls.labels("ok").inc()
-        self.metrics.provider_latency.observe(time.monotonic() - started)
-        return raw
+        self.metrics.provider_latency.observe(now - sent_at)
+        await self._observe(
+            task, Observation("ok", sent_at, now, latency=now - sent_at, rate=result.rate)
+        )
+        return result.data
+
+    async def _observe(self, task: ClaimedTask, observation: Observation) -> None:
+        if observation.kind == "rate_limited":
+            self.metrics.rate_limited.inc()
+        try:
+            await self.store.observe(task.job.provider_key, observation)
+        except Exception:  # the governor learns from the next call; the image goes on
+            log.exception("governor update failed", job_id=task.job.job_id)
 
     def _decide(self, task: ClaimedTask, exc: BaseException) -> Outcome:
         now = self.store.clock()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -21,6 +22,13 @@ from imagestudio.store.models import ClaimedTask
 from imagestudio.store.store import Store
 
 log = structlog.get_logger("imagestudio.worker")
+
+
+def _until(wake_at: float | None, longest: float) -> float:
+    """Seconds to sleep: until ``wake_at`` (epoch seconds), at most ``longest``."""
+    if wake_at is None:
+        return longest
+    return min(longest, max(0.001, wake_at - time.time()))
 
 
 def new_worker_id() -> str:
@@ -62,9 +70,9 @@ class Worker:
         log.info("worker started", worker=self.id, concurrency=self.config.concurrency)
         try:
             while not stop.is_set():
-                claimed = await self._fill()
+                claimed, wake_at = await self._fill()
                 if not claimed:
-                    await self._idle(stop)
+                    await self._idle(stop, wake_at)
         finally:
             await self._drain()
             heartbeat.cancel()
@@ -77,32 +85,33 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         try:
             while True:
-                claimed = await self._fill()
+                claimed, wake_at = await self._fill()
                 if claimed or self._inflight:
-                    await self._wait_for_slot()
+                    await self._wait_for_slot(wake_at)
                     continue
                 if not await self.store.has_pending():
                     return
-                await asyncio.sleep(settle)
+                await asyncio.sleep(_until(wake_at, settle))
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _fill(self) -> int:
+    async def _fill(self) -> tuple[int, float | None]:
+        """Claim into the free slots; returns how many, and when to try again if held back."""
         free = self.config.concurrency - len(self._inflight)
         if free <= 0:
-            return 0
+            return 0, None
         try:
-            tasks = await self.store.claim(self.id, free, self.config.lease_seconds)
+            claim = await self.store.claim_batch(self.id, free, self.config.lease_seconds)
         except Exception:
             log.exception("claim failed; will retry", worker=self.id)
             await asyncio.sleep(self.config.poll_interval)
-            return 0
-        for task in tasks:
+            return 0, None
+        for task in claim.tasks:
             runner = asyncio.create_task(self._run_one(task), name=f"image-{task.image_id}")
             self._inflight[task.image_id] = (task, runner)
-        return len(tasks)
+        return len(claim.tasks), claim.wake_at
 
     async def _run_one(self, task: ClaimedTask) -> None:
         try:
@@ -115,11 +124,13 @@ class Worker:
             self._inflight.pop(task.image_id, None)
             self._slot_freed.set()
 
-    async def _idle(self, stop: asyncio.Event) -> None:
+    async def _idle(self, stop: asyncio.Event, wake_at: float | None) -> None:
         waiters = [asyncio.ensure_future(e.wait()) for e in (stop, self.wakeup, self._slot_freed)]
         try:
             await asyncio.wait(
-                waiters, timeout=self.config.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                waiters,
+                timeout=_until(wake_at, self.config.poll_interval),
+                return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             for waiter in waiters:
@@ -127,12 +138,12 @@ class Worker:
         self.wakeup.clear()
         self._slot_freed.clear()
 
-    async def _wait_for_slot(self) -> None:
+    async def _wait_for_slot(self, wake_at: float | None) -> None:
         if not self._inflight:
             return
         self._slot_freed.clear()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.poll_interval):
+            async with asyncio.timeout(_until(wake_at, self.config.poll_interval)):
                 await self._slot_freed.wait()
 
     async def _heartbeat_loop(self) -> None:

@@ -23,17 +23,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, false, func, or_, select
+from sqlalchemy import exists, false, func, or_, select
 
 from imagestudio.domain import ImageStatus
-from imagestudio.store.tables import ai_job, ai_job_image
+from imagestudio.store.tables import ai_job, ai_job_image, provider_governor
 
 QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
 CLAIM_LOCK_KEY = 7_320_114_901  # pg_advisory_xact_lock key for claims
 
 
-def claim_candidates(now: datetime, limit: int) -> Any:
-    """``SELECT id ... ORDER BY turn LIMIT limit`` of the tasks to start, fairest first."""
+def claim_candidates(now: datetime, limit: int, *, initial_window: float = 2.0) -> Any:
+    """``SELECT id, provider_key ... ORDER BY turn LIMIT limit``: the tasks to start, fairest
+    first, within each provider key's window W and outside its cooldown."""
     img, job = ai_job_image, ai_job
     running = ai_job_image.alias("running")
     job_running = (
@@ -65,6 +66,7 @@ def claim_candidates(now: datetime, limit: int) -> Any:
             job.c.user_id,
             job.c.created_at,
             job.c.max_concurrency,
+            job.c.provider_key,
             jr.label("jr"),
             func.coalesce(user_running.c.n, 0).label("ur"),
             (jr + func.row_number().over(partition_by=img.c.job_pk, order_by=img.c.position)).label(
@@ -91,18 +93,47 @@ def claim_candidates(now: datetime, limit: int) -> Any:
     ranked = (
         select(
             base.c.id,
+            base.c.provider_key,
             user_turn.label("user_turn"),
             base.c.job_turn,
             base.c.created_at,
             base.c.position,
         )
-        .where(
-            or_(base.c.max_concurrency.is_(None), and_(base.c.job_turn <= base.c.max_concurrency))
-        )
+        .where(or_(base.c.max_concurrency.is_(None), base.c.job_turn <= base.c.max_concurrency))
         .subquery("ranked")
     )
+    return _within_windows(ranked, now, limit, initial_window)
+
+
+def _within_windows(ranked: Any, now: datetime, limit: int, initial_window: float) -> Any:
+    """Keep the candidates that fit their provider key's window and are out of cooldown."""
+    running, running_job = ai_job_image.alias("k_running"), ai_job.alias("k_job")
+    key_running = (
+        select(running_job.c.provider_key, func.count().label("n"))
+        .select_from(running.join(running_job, running_job.c.id == running.c.job_pk))
+        .where(running.c.status == RUNNING)
+        .group_by(running_job.c.provider_key)
+        .subquery("key_running")
+    )
+    gov = provider_governor
+    order = (ranked.c.user_turn, ranked.c.job_turn, ranked.c.created_at, ranked.c.position)
+    key_turn = func.coalesce(key_running.c.n, 0) + func.row_number().over(
+        partition_by=ranked.c.provider_key, order_by=order
+    )
+    window = func.coalesce(gov.c.pinned_window, gov.c.window, initial_window)
+    keyed = (
+        select(ranked, key_turn.label("key_turn"), window.label("key_window"))
+        .select_from(
+            ranked.outerjoin(
+                key_running, key_running.c.provider_key == ranked.c.provider_key
+            ).outerjoin(gov, gov.c.key == ranked.c.provider_key)
+        )
+        .where(func.coalesce(gov.c.cooldown_until, 0.0) <= now.timestamp())
+        .subquery("keyed")
+    )
     return (
-        select(ranked.c.id)
-        .order_by(ranked.c.user_turn, ranked.c.job_turn, ranked.c.created_at, ranked.c.position)
+        select(keyed.c.id, keyed.c.provider_key)
+        .where(keyed.c.key_turn <= keyed.c.key_window)
+        .order_by(keyed.c.user_turn, keyed.c.job_turn, keyed.c.created_at, keyed.c.position)
         .limit(limit)
     )

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from imagestudio.domain import OutputSpec
+from imagestudio.scheduler.governor import GovernorState
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,3 +138,18 @@ class EventRecord:
     type: str
     data: dict[str, Any]
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    tasks: list[ClaimedTask]
+    wake_at: float | None  # epoch seconds when something held back may start
+
+
+@dataclass(frozen=True, slots=True)
+class GovernorView:
+    key: str
+    api_base: str
+    model: str
+    state: GovernorState
+    in_flight: int

@@ -7,9 +7,10 @@ roll-up never loses an update).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,12 +27,16 @@ from imagestudio.domain import (
     rollup_status,
 )
 from imagestudio.errors import ApiKeyRequired, JobConflict, JobNotFound, LeaseLost
+from imagestudio.scheduler.governor import GovernorParams, GovernorState, Observation, observe
+from imagestudio.store import governors
 from imagestudio.store.claim_sql import CLAIM_LOCK_KEY, claim_candidates
 from imagestudio.store.models import (
     AttemptRecord,
+    Claim,
     ClaimedTask,
     EventRecord,
     Failed,
+    GovernorView,
     ImageRecord,
     JobProgress,
     JobRecord,
@@ -46,9 +51,11 @@ from imagestudio.store.tables import (
     ai_job_event,
     ai_job_image,
     ai_job_secret,
+    provider_governor,
 )
 
 Clock = Callable[[], datetime]
+Pin = tuple[float | None, float | None]  # (window, starts per second) an operator fixed
 QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
 
 
@@ -63,9 +70,18 @@ def provider_key(api_base: str, api_key: str, model: str) -> str:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Clock = utcnow,
+        governor: GovernorParams | None = None,
+        pins: Mapping[str, Pin] | None = None,
+    ) -> None:
         self.engine = engine
         self.clock = clock
+        self.governor = governor or GovernorParams()
+        self.pins: Mapping[str, Pin] = pins or {}
 
     @property
     def dialect(self) -> str:
@@ -90,6 +106,12 @@ class Store:
             if inserted is not None:
                 await conn.execute(ai_job_image.insert(), _image_rows(spec, pk, now))
                 await conn.execute(ai_job_secret.insert().values(job_pk=pk, api_key_enc=sealed_key))
+                await self._ensure_governor(
+                    conn,
+                    provider_key(spec.provider.api_base, spec.api_key, spec.provider.model),
+                    spec.provider.api_base,
+                    spec.provider.model,
+                )
         job = await self._job_by_key(spec.user_id, job_id)
         if inserted is None and job.payload_hash != spec.payload_hash:
             raise JobConflict(
@@ -225,21 +247,27 @@ class Store:
     # -- the worker's side --------------------------------------------------------------
 
     async def claim(self, worker: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
-        """Lease up to ``limit`` tasks that may start now, fairest first (``claim_sql``).
+        return (await self.claim_batch(worker, limit, lease_seconds)).tasks
+
+    async def claim_batch(self, worker: str, limit: int, lease_seconds: float) -> Claim:
+        """Lease up to ``limit`` tasks that may start now, fairest first (``claim_sql``),
+        within each provider key's window, pace and cooldown (``scheduler.governor``).
 
         This is the one place that decides "may this task start now?". Expired leases are
         rescued first, in the same transaction, so nothing stays ``running`` after a crash.
+        ``wake_at`` says when something held back may start (a pace slot, a cooldown's end,
+        a retry coming due), so an idle worker can sleep exactly that long.
         """
         if limit <= 0:
-            return []
-        now = self.clock()
+            return Claim([], None)
         async with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+            now = self.clock()  # read once the lock is held: waiting for it takes time
             await _rescue_expired(conn, now)
-            ids = list((await conn.scalars(claim_candidates(now, limit))).all())
+            ids, wake_at = await self._admit(conn, now, limit)
             if not ids:
-                return []
+                return Claim([], wake_at)
             rows = list((await conn.execute(_lease(ids, worker, now, lease_seconds))).all())
             job_pks = sorted({r.job_pk for r in rows})
             await conn.execute(
@@ -271,7 +299,19 @@ class Store:
             jobs = await _jobs_by_pk(conn, job_pks)
         order = {image_id: i for i, image_id in enumerate(ids)}
         rows.sort(key=lambda r: order[r.id])
-        return [_claimed(r, jobs[r.job_pk]) for r in rows]
+        return Claim([_claimed(r, jobs[r.job_pk]) for r in rows], wake_at)
+
+    async def _admit(
+        self, conn: AsyncConnection, now: datetime, limit: int
+    ) -> tuple[list[int], float | None]:
+        query = claim_candidates(now, limit * 3 + 8, initial_window=self.governor.initial_window)
+        candidates = [(int(r[0]), str(r[1])) for r in (await conn.execute(query)).all()]
+        states = await governors.load(conn, {key for _, key in candidates}, lock=True)
+        paced = governors.apply_pace(candidates, states, now.timestamp(), limit)
+        for key, tat in paced.tats.items():
+            await governors.save(conn, key, dataclasses.replace(states[key], tat=tat), now)
+        wake = [t for t in (paced.wake_at, await _next_due(conn, now)) if t is not None]
+        return paced.ids, min(wake) if wake else None
 
     async def still_held(self, task: ClaimedTask) -> bool:
         """Whether this attempt still owns its task (checked right before a provider call)."""
@@ -349,9 +389,9 @@ class Store:
         Raises ``LeaseLost`` when a newer attempt took the task over; nothing is written then.
         Returns the job's status after the roll-up.
         """
-        now = self.clock()
         async with self.engine.begin() as conn:
             await self._lock_job(conn, task.job_pk)
+            now = self.clock()
             result = await conn.execute(
                 update(ai_job_image)
                 .where(
@@ -482,6 +522,69 @@ class Store:
             .where(ai_job.c.id == job_pk)
             .values(provider_key=provider_key(job.api_base, new_key, job.model))
         )
+        await self._ensure_governor(
+            conn, provider_key(job.api_base, new_key, job.model), job.api_base, job.model
+        )
+
+    async def _ensure_governor(
+        self, conn: AsyncConnection, key: str, api_base: str, model: str
+    ) -> None:
+        pin = self.pins.get(api_base.rstrip("/"), (None, None))
+        await governors.ensure(
+            conn,
+            key=key,
+            api_base=api_base,
+            model=model,
+            params=self.governor,
+            pins=pin,
+            now=self.clock(),
+        )
+
+    async def observe(self, key: str, observation: Observation) -> GovernorState | None:
+        """Feed one finished provider call to the key's governor (in the database)."""
+        now = self.clock()
+        running, job = ai_job_image, ai_job
+        async with self.engine.begin() as conn:
+            states = await governors.load(conn, [key], lock=True)
+            if key not in states:
+                return None
+            in_flight = await conn.scalar(
+                select(func.count())
+                .select_from(running.join(job, job.c.id == running.c.job_pk))
+                .where(job.c.provider_key == key, running.c.status == RUNNING)
+            )
+            observed = dataclasses.replace(observation, in_flight=int(in_flight or 0))
+            state = observe(states[key], observed, self.governor)
+            await governors.save(conn, key, state, now)
+            return state
+
+    async def governor_states(self, keys: Sequence[str] | None = None) -> list[GovernorView]:
+        """The governors (all, or those of ``keys``) with their running tasks, for display."""
+        gov, running, job = provider_governor, ai_job_image, ai_job
+        in_flight = (
+            select(job.c.provider_key, func.count().label("n"))
+            .select_from(running.join(job, job.c.id == running.c.job_pk))
+            .where(running.c.status == RUNNING)
+            .group_by(job.c.provider_key)
+            .subquery()
+        )
+        query = select(gov, func.coalesce(in_flight.c.n, 0).label("in_flight")).outerjoin(
+            in_flight, in_flight.c.provider_key == gov.c.key
+        )
+        if keys is not None:
+            query = query.where(gov.c.key.in_(list(keys)))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(gov.c.key))).all()
+        return [
+            GovernorView(
+                key=r.key,
+                api_base=r.api_base,
+                model=r.model,
+                state=governors.to_state(r),
+                in_flight=int(r.in_flight),
+            )
+            for r in rows
+        ]
 
     async def events_after(self, job_pk: str, after: int, limit: int = 500) -> list[EventRecord]:
         ev = ai_job_event
@@ -544,6 +647,19 @@ class Store:
         if status in TERMINAL_JOB_STATUSES:  # the key is erased when the job ends
             await conn.execute(ai_job_secret.delete().where(ai_job_secret.c.job_pk == job_pk))
         return status.value
+
+
+async def _next_due(conn: AsyncConnection, now: datetime) -> float | None:
+    """When the next waiting task or cooled-down key becomes startable (epoch seconds)."""
+    img, gov = ai_job_image, provider_governor
+    due = await conn.scalar(
+        select(func.min(img.c.run_after)).where(img.c.status == QUEUED, img.c.run_after > now)
+    )
+    cooled = await conn.scalar(
+        select(func.min(gov.c.cooldown_until)).where(gov.c.cooldown_until > now.timestamp())
+    )
+    times = [t for t in (due.timestamp() if due else None, cooled) if t is not None]
+    return min(times) if times else None
 
 
 def _lease(ids: list[int], worker: str, now: datetime, lease_seconds: float) -> Any:

@@ -164,3 +164,25 @@ ai_job_event = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Index(None, "job_pk", "id"),
 )
+
+provider_governor = Table(
+    "provider_governor",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("api_base", Text, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("window", Float, nullable=False),
+    Column("ssthresh", Float),
+    Column("ceiling", Float),
+    Column("hold_until", Float, nullable=False, server_default="0"),
+    Column("epoch", Float, nullable=False, server_default="0"),
+    Column("cooldown_until", Float, nullable=False, server_default="0"),
+    Column("rate", Float),
+    Column("tat", Float, nullable=False, server_default="0"),
+    Column("latency", Float),
+    Column("base_latency", Float),
+    Column("rate_limited", Integer, nullable=False, server_default="0"),
+    Column("pinned_window", Float),
+    Column("pinned_rate", Float),
+    Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -68,6 +68,27 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "provider_governor",
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("api_base", sa.Text(), nullable=False),
+        sa.Column("model", sa.String(length=200), nullable=False),
+        sa.Column("window", sa.Float(), nullable=False),
+        sa.Column("ssthresh", sa.Float(), nullable=True),
+        sa.Column("ceiling", sa.Float(), nullable=True),
+        sa.Column("hold_until", sa.Float(), server_default="0", nullable=False),
+        sa.Column("epoch", sa.Float(), server_default="0", nullable=False),
+        sa.Column("cooldown_until", sa.Float(), server_default="0", nullable=False),
+        sa.Column("rate", sa.Float(), nullable=True),
+        sa.Column("tat", sa.Float(), server_default="0", nullable=False),
+        sa.Column("latency", sa.Float(), nullable=True),
+        sa.Column("base_latency", sa.Float(), nullable=True),
+        sa.Column("rate_limited", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("pinned_window", sa.Float(), nullable=True),
+        sa.Column("pinned_rate", sa.Float(), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_provider_governor")),
+    )
+    op.create_table(
         "ai_job_attempt",
         sa.Column(
             "id",
@@ -208,6 +229,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_ai_job_attempt_job_pk_started_at"))
 
     op.drop_table("ai_job_attempt")
+    op.drop_table("provider_governor")
     with op.batch_alter_table("ai_job", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_ai_job_user_id_created_at"))
         batch_op.drop_index(batch_op.f("ix_ai_job_type_created_at"))
