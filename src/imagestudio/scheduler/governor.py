@@ -183,9 +183,9 @@ def _on_backpressure(
     if obs.sent_at < state.epoch or state.pinned_window is not None:
         return state
     window = max(params.min_window, state.window * params.backpressure_decrease)
-    return dataclasses.replace(
-        state, window=window, ssthresh=max(window, state.ssthresh or window), epoch=obs.now
-    )
+    # Keep the slow-start threshold where the window was: random 5xx must cost little.
+    ssthresh = max(state.window, state.ssthresh or 0.0)
+    return dataclasses.replace(state, window=window, ssthresh=ssthresh, epoch=obs.now)
 
 
 @dataclass(frozen=True, slots=True)

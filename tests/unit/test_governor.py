@@ -1,0 +1,160 @@
+"""The governor's decisions: a state and an observation give a new state (pure, no I/O)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from imagestudio.domain import RateInfo
+from imagestudio.scheduler.governor import (
+    GovernorParams,
+    GovernorState,
+    Observation,
+    initial_state,
+    observe,
+    pace,
+)
+from imagestudio.store.governors import apply_pace
+
+P = GovernorParams()
+
+
+def ok(
+    state: GovernorState,
+    now: float,
+    *,
+    in_flight: int | None = None,
+    latency: float = 1.0,
+    rate: RateInfo | None = None,
+) -> GovernorState:
+    obs = Observation("ok", now - latency, now, latency=latency, in_flight=in_flight, rate=rate)
+    return observe(state, obs, P)
+
+
+def limited(
+    state: GovernorState,
+    sent_at: float,
+    now: float,
+    *,
+    retry_after: float | None = 0.5,
+    in_flight: int | None = None,
+) -> GovernorState:
+    obs = Observation("rate_limited", sent_at, now, retry_after=retry_after, in_flight=in_flight)
+    return observe(state, obs, P)
+
+
+def test_starts_small_and_doubles_per_round_trip_in_slow_start() -> None:
+    state = initial_state(P)
+    assert state.window == 2
+    for _ in range(6):
+        state = ok(state, 10.0)
+    assert state.window == 8
+
+
+def test_does_not_grow_a_window_it_does_not_use() -> None:
+    state = dataclasses.replace(initial_state(P), window=10)
+    assert ok(state, 10.0, in_flight=3).window == 10
+    assert ok(state, 10.0, in_flight=10).window == 11
+
+
+def test_a_429_shrinks_once_per_epoch_and_remembers_the_ceiling() -> None:
+    state = dataclasses.replace(initial_state(P), window=12)
+    state = limited(state, sent_at=9.9, now=10.0, in_flight=12)
+    assert state.window == 8  # floor(12 * 0.7)
+    assert state.ceiling == 12
+    assert state.epoch == 10.0
+    assert state.rate_limited == 1
+    # Calls sent before the decrease say nothing new: counted, not acted on.
+    again = limited(state, sent_at=9.95, now=10.1)
+    assert again.window == 8
+    assert again.rate_limited == 2
+    # A call sent after it is a new signal.
+    assert limited(again, sent_at=10.2, now=10.3).window < 8
+
+
+def test_the_ceiling_is_the_window_actually_in_use() -> None:
+    state = dataclasses.replace(initial_state(P), window=40)
+    assert limited(state, 9.0, 10.0, in_flight=9).ceiling == 9
+
+
+def test_grows_back_under_the_ceiling_then_holds_then_probes() -> None:
+    state = dataclasses.replace(initial_state(P), window=10, latency=1.0)
+    state = limited(state, 9.9, 10.0, in_flight=10)
+    for _ in range(20):
+        state = ok(state, 11.0)
+    assert state.window == 9  # ceiling - 1, held there
+    hold_until = state.hold_until
+    assert hold_until >= 10.0 + P.min_hold_seconds
+    for _ in range(40):
+        state = ok(state, hold_until + 1)
+    assert state.window > 9  # the hold is over: probing above the old ceiling, slowly
+    assert state.window < 20
+
+
+def test_a_429_sets_a_cooldown_for_everyone() -> None:
+    state = limited(initial_state(P), 9.0, 10.0, retry_after=2.5)
+    assert state.cooldown_until == 12.5
+    assert pace(state, 11.0, 3).admitted == 0
+    assert pace(state, 11.0, 3).next_at == 12.5
+    assert pace(state, 12.6, 3).admitted == 3
+
+
+def test_backpressure_is_milder_and_keeps_no_ceiling() -> None:
+    state = dataclasses.replace(initial_state(P), window=10)
+    after = observe(state, Observation("backpressure", 9.0, 10.0), P)
+    assert after.window == pytest.approx(8.5)
+    assert after.ceiling is None
+    # Recovers in slow start straight back to where it was.
+    assert ok(after, 11.0).window == pytest.approx(9.5)
+
+
+def test_latency_brakes_growth_but_does_not_shrink() -> None:
+    state = dataclasses.replace(initial_state(P), window=6)
+    state = ok(state, 10.0, latency=1.0)
+    assert state.window == 7
+    slow = ok(state, 20.0, latency=30.0)
+    assert slow.window == 7  # calls suddenly far slower than usual: no growth, no shrink
+    for step in range(200):  # a lasting change becomes the new usual, and growth resumes
+        slow = ok(slow, 30.0 + step, latency=30.0)
+    assert slow.window > 7
+
+
+def test_rate_limit_headers_set_the_pace_directly() -> None:
+    state = ok(initial_state(P), 10.0, rate=RateInfo(limit_requests=120, remaining_requests=50))
+    assert state.rate == pytest.approx(2 * P.header_rate_share)
+    unlimited = ok(state, 11.0, rate=RateInfo(limit_requests=10_000))
+    assert unlimited.rate is None
+
+
+def test_nothing_remaining_cools_down_until_the_next_slot() -> None:
+    info = RateInfo(limit_requests=60, remaining_requests=0, reset_requests=30.0)
+    state = ok(initial_state(P), 10.0, rate=info)
+    assert state.cooldown_until == pytest.approx(11.0)  # 60 per minute: a slot a second
+
+
+def test_pinned_limits_win() -> None:
+    state = initial_state(P, window=5, rate=2.0)
+    state = limited(state, 9.0, 10.0, in_flight=5)
+    assert state.effective_window == 5
+    assert ok(state, 11.0).effective_window == 5
+    assert state.effective_rate == 2.0
+
+
+def test_pace_has_no_initial_burst() -> None:
+    state = dataclasses.replace(initial_state(P), rate=4.0)
+    first = pace(state, 100.0, 10)
+    assert first.admitted == 1
+    assert first.next_at == pytest.approx(100.25)
+    later = pace(dataclasses.replace(state, tat=first.tat), 100.25, 10)
+    assert later.admitted == 1
+
+
+def test_apply_pace_walks_the_fair_order_per_key() -> None:
+    paced = dataclasses.replace(initial_state(P), rate=1.0)
+    free = initial_state(P)
+    candidates = [(1, "a"), (2, "a"), (3, "b"), (4, "a"), (5, "b")]
+    result = apply_pace(candidates, {"a": paced, "b": free}, now=50.0, limit=4)
+    assert result.ids == [1, 3, 5]
+    assert result.tats["a"] == pytest.approx(51.0)
+    assert result.wake_at == pytest.approx(51.0)
