@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import structlog
@@ -64,11 +65,47 @@ class Metrics:
             "Images queued",
             registry=self.registry,
         )
-        self.inflight = Gauge(
-            "imagestudio_inflight",
-            "Image tasks running in this process",
+        labels = ["key", "api_base"]
+        self.gov_window = Gauge(
+            "imagestudio_provider_window",
+            "Governor window W (calls allowed in flight)",
+            labels,
+            registry=self.registry,
+        )
+        self.gov_inflight = Gauge(
+            "imagestudio_provider_inflight",
+            "Tasks in flight per provider key (all workers)",
+            labels,
+            registry=self.registry,
+        )
+        self.gov_pace = Gauge(
+            "imagestudio_provider_pace_per_minute",
+            "Start pace per provider key (0: unpaced)",
+            labels,
+            registry=self.registry,
+        )
+        self.gov_cooldown = Gauge(
+            "imagestudio_provider_cooldown_seconds",
+            "Seconds until the key may send again",
+            labels,
+            registry=self.registry,
+        )
+        self.gov_429 = Gauge(
+            "imagestudio_provider_rate_limited",
+            "429s seen per provider key (all workers)",
+            labels,
             registry=self.registry,
         )
 
     async def refresh(self, store: Store) -> None:
+        """Read the shared numbers (queue, governors) from the database at scrape time."""
         self.queue_depth.set(await store.queue_depth())
+        now = time.time()
+        for view in await store.governor_states():
+            labels = (view.key[:12], view.api_base)
+            state = view.state
+            self.gov_window.labels(*labels).set(state.effective_window)
+            self.gov_inflight.labels(*labels).set(view.in_flight)
+            self.gov_pace.labels(*labels).set((state.effective_rate or 0) * 60)
+            self.gov_cooldown.labels(*labels).set(max(0.0, state.cooldown_until - now))
+            self.gov_429.labels(*labels).set(state.rate_limited)

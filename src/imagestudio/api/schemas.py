@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
 
 from imagestudio.services import API_PREFIX
-from imagestudio.store.models import AttemptRecord, ImageRecord, JobProgress, JobRecord
+from imagestudio.store.models import (
+    AttemptRecord,
+    GovernorView,
+    ImageRecord,
+    JobProgress,
+    JobRecord,
+)
 
 
 class Counts(BaseModel):
@@ -30,6 +37,17 @@ class SkuProgress(BaseModel):
     cancelled: int
 
 
+class GovernorOut(BaseModel):
+    """Why an image may be waiting: the provider key's window, pace and cooldown."""
+
+    window: float
+    in_flight: int
+    pace_per_minute: float | None
+    cooldown_seconds: float
+    rate_limited: int
+    pinned: bool
+
+
 class JobOut(BaseModel):
     id: str
     job_id: str
@@ -46,6 +64,7 @@ class JobOut(BaseModel):
     updated_at: datetime
     finished_at: datetime | None
     links: dict[str, str]
+    governor: GovernorOut | None = None
 
 
 class JobSummary(BaseModel):
@@ -94,7 +113,22 @@ class AttemptOut(BaseModel):
     wait_seconds: float | None
 
 
-def job_out(progress: JobProgress) -> JobOut:
+def governor_out(view: GovernorView | None) -> GovernorOut | None:
+    if view is None:
+        return None
+    state = view.state
+    rate = state.effective_rate
+    return GovernorOut(
+        window=round(state.effective_window, 2),
+        in_flight=view.in_flight,
+        pace_per_minute=round(rate * 60, 1) if rate else None,
+        cooldown_seconds=round(max(0.0, state.cooldown_until - time.time()), 3),
+        rate_limited=state.rate_limited,
+        pinned=state.pinned_window is not None or state.pinned_rate is not None,
+    )
+
+
+def job_out(progress: JobProgress, governor: GovernorView | None = None) -> JobOut:
     job = progress.job
     base = f"{API_PREFIX}/jobs/{job.job_id}"
     return JobOut(
@@ -125,6 +159,7 @@ def job_out(progress: JobProgress) -> JobOut:
             "events": f"{base}/events",
             "timeline": f"{base}/timeline",
         },
+        governor=governor_out(governor),
     )
 
 

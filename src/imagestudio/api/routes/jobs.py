@@ -56,7 +56,9 @@ async def list_jobs(
 
 @router.get("/{job_id}", response_model=JobOut)
 async def get_job(store: StoreDep, user: UserDep, job_id: str) -> JobOut:
-    return job_out(await store.progress(user, job_id))
+    progress = await store.progress(user, job_id)
+    views = await store.governor_states([progress.job.provider_key])
+    return job_out(progress, views[0] if views else None)
 
 
 @router.get("/{job_id}/images", response_model=dict[str, list[ImageOut]])
