@@ -86,30 +86,38 @@ def build_job_spec(payload: JobPayload, *, user_id: str, limits: IntakeLimits) -
 def output_spec(payload: JobPayload) -> OutputSpec:
     """Explicit ``target_*``/``output_format``/``quality`` win over ``options.settings``."""
     options, settings = payload.options, payload.options.settings
-    width, height = options.target_width, options.target_height
-    if settings.image_size is not None and (width is None or height is None):
-        parsed = _SIZE.match(settings.image_size)
-        if parsed is None:
-            raise PayloadInvalid(
-                "options.settings.imageSize", "expected WIDTHxHEIGHT, e.g. 1536x1536"
-            )
-        width = width if width is not None else int(parsed.group(1))
-        height = height if height is not None else int(parsed.group(2))
-    width = _side("options.target_width", width if width is not None else DEFAULT_SIDE)
-    height = _side("options.target_height", height if height is not None else DEFAULT_SIDE)
+    width, height = _size(payload)
     fmt_field = "options.output_format" if options.output_format else "options.settings.imageFormat"
     fmt = (options.output_format or settings.image_format or "png").strip().lower()
     fmt = _FORMAT_ALIASES.get(fmt, fmt)
     if fmt not in OUTPUT_FORMATS:
-        raise PayloadInvalid(
-            fmt_field, f"unknown format {fmt!r}; supported: {', '.join(OUTPUT_FORMATS)}"
-        )
+        supported = ", ".join(OUTPUT_FORMATS)
+        raise PayloadInvalid(fmt_field, f"unknown format {fmt!r}; supported: {supported}")
     quality_field = "options.quality" if options.quality is not None else "options.settings.quality"
     quality = options.quality if options.quality is not None else settings.quality
     quality = DEFAULT_QUALITY if quality is None else quality
     if not 1 <= quality <= 100:
         raise PayloadInvalid(quality_field, f"quality {quality} is out of range 1..100")
     return OutputSpec(width=width, height=height, format=fmt, quality=quality)
+
+
+def _size(payload: JobPayload) -> tuple[int, int]:
+    """Width and height, each checked under the name of the field it came from."""
+    options = payload.options
+    sides = {"width": options.target_width, "height": options.target_height}
+    fields = {"width": "options.target_width", "height": "options.target_height"}
+    image_size = options.settings.image_size
+    if image_size is not None and None in sides.values():
+        parsed = _SIZE.match(image_size)
+        if parsed is None:
+            raise PayloadInvalid(
+                "options.settings.imageSize", "expected WIDTHxHEIGHT like 1536x1536"
+            )
+        for name, value in zip(("width", "height"), parsed.groups(), strict=True):
+            if sides[name] is None:
+                sides[name], fields[name] = int(value), "options.settings.imageSize"
+    width, height = (DEFAULT_SIDE if v is None else v for v in sides.values())
+    return _side(fields["width"], width), _side(fields["height"], height)
 
 
 def _side(field: str, value: int) -> int:

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     # Provider limits pinned per api_base, as JSON: {"https://api.openai.com/v1":
     # {"max_concurrency": 8, "rpm": 500}}. Keys not listed are governed adaptively.
     provider_limits: dict[str, ProviderLimit] = Field(default_factory=dict)
-    governor_initial_window: float = Field(default=2.0, ge=1)
+    governor_initial_window: float = Field(default=4.0, ge=1)
 
     # Source fetch and provider calls.
     source_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1)

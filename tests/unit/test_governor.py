@@ -46,8 +46,8 @@ def limited(
 
 def test_starts_small_and_doubles_per_round_trip_in_slow_start() -> None:
     state = initial_state(P)
-    assert state.window == 2
-    for _ in range(6):
+    assert state.window == 4
+    for _ in range(4):
         state = ok(state, 10.0)
     assert state.window == 8
 

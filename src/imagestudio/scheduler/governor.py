@@ -36,7 +36,7 @@ UNLIMITED_REQUESTS = 10_000  # a per-minute limit this high is no limit worth pa
 
 @dataclass(frozen=True, slots=True)
 class GovernorParams:
-    initial_window: float = 2.0
+    initial_window: float = 4.0
     min_window: float = 1.0
     max_window: float = 256.0
     decrease: float = 0.7

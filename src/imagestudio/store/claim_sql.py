@@ -32,7 +32,7 @@ QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
 CLAIM_LOCK_KEY = 7_320_114_901  # pg_advisory_xact_lock key for claims
 
 
-def claim_candidates(now: datetime, limit: int, *, initial_window: float = 2.0) -> Any:
+def claim_candidates(now: datetime, limit: int, *, initial_window: float = 4.0) -> Any:
     """``SELECT id, provider_key ... ORDER BY turn LIMIT limit``: the tasks to start, fairest
     first, within each provider key's window W and outside its cooldown."""
     img, job = ai_job_image, ai_job
