@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from imagestudio.domain import JobSpec
 from imagestudio.errors import JobConflict, LeaseLost
 from imagestudio.intake import IntakeLimits, build_job_spec, parse_payload
+from imagestudio.scheduler.governor import GovernorParams
 from imagestudio.store.db import create_engine, migrate_async
 from imagestudio.store.models import Failed, Requeue, Succeeded
 from imagestudio.store.store import Store
@@ -46,10 +47,16 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(db_url: str, clock: Clock) -> AsyncIterator[Store]:
+async def migrated(db_url: str) -> str:
     if db_url.startswith("sqlite"):  # PostgreSQL tests get a clone of a migrated template
         await migrate_async(db_url)
-    built = Store(create_engine(db_url), clock=clock)
+    return db_url
+
+
+@pytest.fixture
+async def store(migrated: str, clock: Clock) -> AsyncIterator[Store]:
+    # A wide provider window: these tests are about leases and fencing, not the governor.
+    built = Store(create_engine(migrated), clock=clock, governor=GovernorParams(initial_window=64))
     try:
         yield built
     finally:
@@ -352,3 +359,20 @@ async def test_secret_is_erased_when_the_job_succeeds(store: Store) -> None:
         assert await store.sealed_key(job.id) == SEALED  # still needed
     assert await store.finish(tasks[-1], done(tasks[-1].position)) == "succeeded"
     assert await store.sealed_key(job.id) is None
+
+
+async def test_claim_keeps_to_each_provider_keys_window(migrated: str, clock: Clock) -> None:
+    store = Store(create_engine(migrated), clock=clock, governor=GovernorParams(initial_window=2))
+    try:
+        await store.submit(make_spec("a"), SEALED)
+        await store.submit(make_spec("b", api_key="sk-another-account-key"), SEALED)
+        claimed = await store.claim("w1", 10, LEASE)
+        assert sorted((t.job.job_id, t.position) for t in claimed) == [
+            ("a", 0),
+            ("a", 1),
+            ("b", 0),
+            ("b", 1),
+        ]
+        assert await store.claim("w2", 10, LEASE) == []
+    finally:
+        await store.close()
