@@ -145,15 +145,13 @@ async def test_changed_payload_under_the_same_job_id_conflicts(store: Store) -> 
     assert await count(store, ai_job_image) == 5
 
 
-async def test_same_job_id_for_another_user_is_another_job(store: Store) -> None:
+async def test_job_id_is_per_user_and_optional(store: Store) -> None:
     mine = await store.submit(make_spec(), SEALED)
     theirs = await store.submit(make_spec(user="someone-else"), SEALED)
     assert theirs.created
     assert theirs.job.id != mine.job.id
     assert [j.job_id for j in await store.list_jobs("someone-else")] == ["job-1"]
-
-
-async def test_job_without_job_id_gets_a_fresh_one_each_time(store: Store) -> None:
+    # Without a job_id every submission is a new job, named by its id.
     first = await store.submit(make_spec(None), SEALED)
     second = await store.submit(make_spec(None), SEALED)
     assert first.created
@@ -162,7 +160,7 @@ async def test_job_without_job_id_gets_a_fresh_one_each_time(store: Store) -> No
     assert second.job.job_id != first.job.job_id
 
 
-async def test_claim_leases_tasks(store: Store, clock: Clock) -> None:
+async def test_claim_leases_tasks_once(store: Store, clock: Clock) -> None:
     job = (await store.submit(make_spec(), SEALED)).job
     tasks = await store.claim("w1", 2, LEASE)
     assert [(t.position, t.fence, t.attempts) for t in tasks] == [(0, 1, 1), (1, 1, 1)]
@@ -178,14 +176,10 @@ async def test_claim_leases_tasks(store: Store, clock: Clock) -> None:
         (0, 1, "w1", None),
         (1, 1, "w1", None),
     ]
-
-
-async def test_a_second_claim_skips_leased_tasks(store: Store) -> None:
-    await store.submit(make_spec(), SEALED)
-    first = await store.claim("w1", 2, LEASE)
+    # A second claim does not return leased tasks.
     second = await store.claim("w2", 10, LEASE)
     assert [t.position for t in second] == [2, 3, 4]
-    assert {t.image_id for t in first}.isdisjoint(t.image_id for t in second)
+    assert {t.image_id for t in tasks}.isdisjoint(t.image_id for t in second)
     assert await store.claim("w3", 10, LEASE) == []
 
 
@@ -269,37 +263,29 @@ async def test_release_requeues_without_counting_an_attempt(store: Store, clock:
     assert outcomes == [(1, "released"), (2, None)]
 
 
-async def test_result_urls_follow_payload_order(store: Store, clock: Clock) -> None:
-    await store.submit(make_spec(), SEALED)
+async def test_result_urls_follow_payload_order_and_updated_at_moves(
+    store: Store, clock: Clock
+) -> None:
+    created = (await store.submit(make_spec(), SEALED)).job
+    clock.advance(5)
     tasks = {t.position: t for t in await store.claim("w1", 5, LEASE)}
+    claimed = await store.get_job("user-123", "job-1")
+    assert claimed.updated_at == clock.now > created.updated_at
     finished: list[int] = []
     statuses = []
-    for position in [4, 2, 0, 3, 1]:
+    previous = claimed.updated_at
+    for position in [4, 2, 0, 3, 1]:  # out of payload order
         clock.advance(1)
         statuses.append(await store.finish(tasks[position], done(position)))
         finished.append(position)
         job = await store.get_job("user-123", "job-1")
         assert job.result_image_urls == [done(p).result_url for p in sorted(finished)]
+        assert job.updated_at == clock.now > previous
+        assert job.created_at == created.created_at
+        previous = job.updated_at
     assert statuses == ["running"] * 4 + ["succeeded"]
     job = await store.get_job("user-123", "job-1")
     assert job.finished_at == clock.now
-
-
-async def test_updated_at_moves_with_every_change(store: Store, clock: Clock) -> None:
-    created = (await store.submit(make_spec(), SEALED)).job
-    clock.advance(5)
-    tasks = await store.claim("w1", 2, LEASE)
-    claimed = await store.get_job(None, "job-1")
-    assert claimed.updated_at == clock.now > created.updated_at
-    clock.advance(5)
-    await store.finish(tasks[1], done(1))
-    first = await store.get_job(None, "job-1")
-    assert first.updated_at == clock.now > claimed.updated_at
-    clock.advance(5)
-    await store.finish(tasks[0], done(0))
-    second = await store.get_job(None, "job-1")
-    assert second.updated_at == clock.now > first.updated_at
-    assert second.created_at == created.created_at
 
 
 async def test_job_fatal_failure_fails_every_queued_image(store: Store) -> None:
