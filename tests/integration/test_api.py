@@ -56,6 +56,9 @@ def sql(db_url: str, statement: str, **params: Any) -> list[Any]:
 
 @contextlib.contextmanager
 def _servers(tmp_path: Path, db_url: str) -> Iterator[Serve]:
+    # Logging as a fresh process has it: a CLI test may have left structlog writing to a
+    # stream that is closed now, and the worker's first log line would kill it.
+    structlog.reset_defaults()
     with contextlib.ExitStack() as stack:
 
         def start(workers: int = 0, token: str | None = None, **overrides: Any) -> httpx.Client:

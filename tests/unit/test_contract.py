@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import typer
 from fastapi.routing import APIRoute
 from typer.testing import CliRunner
@@ -47,6 +49,13 @@ SETTINGS_NAMES = [
     "IMAGESTUDIO_SECRET_KEY",
     "IMAGESTUDIO_ALLOW_PRIVATE_URLS",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """CLI commands configure structlog to write to the runner's (then closed) stderr."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
