@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from imagestudio.api.routes import jobs, system
@@ -43,6 +44,22 @@ def create_app(settings: Settings, *, workers: int = 0) -> FastAPI:
 
 
 def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = []
+        for error in exc.errors():
+            loc = [str(part) for part in error.get("loc", ())]
+            field = ".".join(loc[1:]) if loc[:1] == ["body"] and len(loc) > 1 else ".".join(loc)
+            detail.append(
+                {
+                    "loc": loc,
+                    "field": field or "body",
+                    "msg": error.get("msg", ""),
+                    "type": error.get("type", "invalid"),
+                }
+            )
+        return JSONResponse({"detail": detail}, status_code=422)
+
     @app.exception_handler(PayloadInvalid)
     async def _invalid(_: Request, exc: PayloadInvalid) -> JSONResponse:
         detail = [

@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from imagestudio.services import Services
+from imagestudio.store.models import JobRecord
 from imagestudio.store.store import Store
 
 _bearer = HTTPBearer(auto_error=False)
@@ -52,3 +53,11 @@ def get_user(
 
 
 UserDep = Annotated[str | None, Depends(get_user)]
+
+
+async def get_job(store: StoreDep, user: UserDep, job_id: str) -> JobRecord:
+    """The caller's job named in the path (404 before any answer starts streaming)."""
+    return await store.get_job(user, job_id)
+
+
+JobDep = Annotated[JobRecord, Depends(get_job)]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
-from imagestudio.api.deps import ServicesDep, StoreDep, UserDep
+from imagestudio.api.deps import JobDep, ServicesDep, StoreDep, UserDep
 from imagestudio.api.schemas import (
     AttemptOut,
     ImageOut,
@@ -62,22 +62,19 @@ async def get_job(store: StoreDep, user: UserDep, job_id: str) -> JobOut:
 
 
 @router.get("/{job_id}/images", response_model=dict[str, list[ImageOut]])
-async def get_images(store: StoreDep, user: UserDep, job_id: str) -> dict[str, list[ImageOut]]:
-    job = await store.get_job(user, job_id)
+async def get_images(store: StoreDep, job: JobDep) -> dict[str, list[ImageOut]]:
     return {"images": [image_out(i) for i in await store.images(job.id)]}
 
 
 @router.get("/{job_id}/timeline", response_model=dict[str, Any])
-async def get_timeline(store: StoreDep, user: UserDep, job_id: str) -> dict[str, Any]:
-    job = await store.get_job(user, job_id)
+async def get_timeline(store: StoreDep, job: JobDep) -> dict[str, Any]:
     calls: list[AttemptOut] = [attempt_out(a) for a in await store.attempts(job.id)]
     return {"job_id": job.job_id, "created_at": job.created_at, "calls": calls}
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
-async def cancel_job(store: StoreDep, user: UserDep, job_id: str) -> JobOut:
+async def cancel_job(store: StoreDep, user: UserDep, job: JobDep, job_id: str) -> JobOut:
     """Queued images end ``cancelled`` now; running calls are aborted within seconds."""
-    job = await store.get_job(user, job_id)
     await store.cancel(job.id)
     return job_out(await store.progress(user, job_id))
 
@@ -93,11 +90,10 @@ class RetryOut(BaseModel):
 
 @router.post("/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=RetryOut)
 async def retry_job(
-    services: ServicesDep, user: UserDep, job_id: str, body: RetryBody | None = None
+    services: ServicesDep, user: UserDep, job: JobDep, job_id: str, body: RetryBody | None = None
 ) -> RetryOut:
     """Queue the failed images again (fresh attempts); succeeded ones are not redone."""
     store = services.store
-    job = await store.get_job(user, job_id)
     key = body.api_key if body else None
     sealed = services.box.seal(key) if key else None
     requeued = await store.retry_failed(job.id, sealed, key)
@@ -111,6 +107,7 @@ async def job_events(
     request: Request,
     services: ServicesDep,
     user: UserDep,
+    job: JobDep,
     job_id: str,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> AsyncIterator[ServerSentEvent]:
@@ -120,7 +117,6 @@ async def job_events(
     (``image``, ``job``); the stream ends with ``end`` once the job has ended.
     """
     store = services.store
-    job = await store.get_job(user, job_id)
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     yield ServerSentEvent(event="snapshot", data=job_out(await store.progress(user, job_id)))
     while not await request.is_disconnected():
