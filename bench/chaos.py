@@ -1,0 +1,650 @@
+"""Chaos run: real ``imagestudio worker`` processes SIGKILLed and restarted every second or
+two, PostgreSQL restarted once, a provider that fails 10% of calls with 500s and answers 429
+above a concurrency limit lower than the workers' slots.
+
+    .venv/bin/python -m bench.chaos [--images 120] [--kills 10] [--no-pg-restart]
+
+Prints a markdown summary (images, lost, duplicated stored results, stuck, provider calls per
+image p50/max, run length, kills) and writes it to ``bench/out/chaos.md``. Needs PostgreSQL at
+``IMAGESTUDIO_BENCH_PG`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``); it works
+in a database of its own and drops it afterwards. The PostgreSQL restart (``pg_ctlcluster``,
+so the local cluster only) is skipped with ``--no-pg-restart`` or
+``IMAGESTUDIO_CHAOS_PG_RESTART=0``.
+
+Provider calls are matched to images through the attempts the database records: every call
+carries its job's key and its image's prompt, and must start inside one attempt's window of
+an image with that key and prompt (each attempt makes at most one call). A call that fits no
+attempt is counted as a stray: a call made by no recorded attempt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from imagestudio.background_server import BackgroundServer
+from imagestudio.providers.fake_server import (
+    FakeProviderConfig,
+    create_fake_provider_app,
+    key_fingerprint,
+)
+from imagestudio.services import Services, open_services
+from imagestudio.settings import Settings
+from imagestudio.store.models import AttemptRecord, ImageRecord
+from imagestudio.submission import submit
+from imagestudio.testing import batch_payload
+
+PG_DSN = os.environ.get("IMAGESTUDIO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+OUT = Path(__file__).resolve().parent / "out" / "chaos.md"
+TEMP_PREFIX = ".tmp-"  # the local storage's in-progress writes
+USERS = (("alice", "sk-chaos-alice-0001"), ("bob", "sk-chaos-bob-0002"))
+PG_RESTART_TIMEOUT = 60.0
+WINDOW_SLACK = 0.05  # seconds between a worker's clock and the provider's (one machine)
+
+
+@dataclass(frozen=True, slots=True)
+class ChaosConfig:
+    images: int = 120
+    workers: int = 3
+    concurrency: int = 3
+    min_kills: int = 10
+    kill_every: tuple[float, float] = (1.0, 2.0)
+    pg_restart: bool = True
+    provider_concurrency: int = 2  # below workers * concurrency: some calls answer 429
+    latency_ms: float = 150.0
+    error_rate: float = 0.1
+    size: int = 256
+    lease_seconds: float = 2.0
+    max_attempts: int = 8
+    chaos_limit: float = 180.0  # then the kills stop and the workers get ``settle_limit``
+    settle_limit: float = 60.0  # to finish; what is still queued or running then is stuck
+    seed: int = 1
+
+    def images_per_sku(self) -> list[tuple[int, ...]]:
+        """Two users' jobs, 60/40, in SKUs of four images."""
+        first = round(self.images * 0.6)
+        return [_skus(first), _skus(self.images - first)]
+
+
+def _skus(count: int) -> tuple[int, ...]:
+    return (4,) * (count // 4) + ((count % 4,) if count % 4 else ())
+
+
+# ------------------------------------------------------------------------ worker processes
+
+
+def worker_env(settings: Settings, config: ChaosConfig) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESTUDIO_")}
+    env.update(
+        IMAGESTUDIO_DATABASE_URL=settings.effective_database_url,
+        IMAGESTUDIO_DATA_DIR=str(settings.data_dir.resolve()),
+        IMAGESTUDIO_ALLOW_PRIVATE_URLS="127.0.0.1",
+        IMAGESTUDIO_LEASE_SECONDS=str(config.lease_seconds),
+        IMAGESTUDIO_POLL_INTERVAL="0.1",
+        IMAGESTUDIO_BACKOFF_BASE_SECONDS="0.05",
+        IMAGESTUDIO_BACKOFF_MAX_SECONDS="0.5",
+        IMAGESTUDIO_MAX_ATTEMPTS=str(config.max_attempts),
+    )
+    return env
+
+
+def console_script() -> str:
+    beside = Path(sys.executable).with_name("imagestudio")
+    if not beside.exists():
+        raise RuntimeError(
+            f"the imagestudio console script is not installed beside {sys.executable}"
+        )
+    return str(beside)
+
+
+@dataclass
+class Slot:
+    """One of the N worker places; a killed worker is replaced in the same slot."""
+
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    log: Path | None = None
+    generation: int = 0
+    up_since: float | None = None  # when it logged ``worker started`` (it claims from then)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def poll_started(self) -> None:
+        if self.up_since is None and self.alive() and self.log is not None:
+            if "worker started" in self.log.read_text(encoding="utf-8", errors="replace"):
+                self.up_since = time.monotonic()
+
+
+@dataclass
+class WorkerFleet:
+    """N ``imagestudio worker`` subprocesses kept alive: killed ones and ones that exit on
+    their own (say, started while PostgreSQL was down) are replaced.
+
+    Only a worker that has been up ``min_uptime`` may be killed, and never the last one up:
+    where a worker takes seconds to start, killing every second or two would otherwise kill
+    each one as soon as it came up, and prove nothing.
+    """
+
+    env: dict[str, str]
+    logs: Path
+    count: int
+    concurrency: int
+    min_uptime: float = 0.5
+    slots: list[Slot] = field(default_factory=list)
+    kills: int = 0
+    boot_exits: list[str] = field(default_factory=list)  # exited before it started working
+    crashes: list[str] = field(default_factory=list)  # exited on its own while working
+
+    async def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.slots = [Slot(i) for i in range(self.count)]
+        for slot in self.slots:
+            await self._spawn(slot)
+
+    async def _spawn(self, slot: Slot) -> None:
+        slot.generation += 1
+        slot.up_since = None
+        slot.log = self.logs / f"worker-{slot.index}-{slot.generation}.log"
+        with slot.log.open("wb") as sink:
+            slot.proc = await asyncio.create_subprocess_exec(
+                console_script(),
+                "worker",
+                "--concurrency",
+                str(self.concurrency),
+                env=self.env,
+                cwd=self.logs,  # no stray .env file
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=sink,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+
+    def killable(self) -> list[Slot]:
+        now = time.monotonic()
+        for slot in self.slots:
+            slot.poll_started()
+        up = [s for s in self.slots if s.alive() and s.up_since is not None]
+        if len(up) < 2:
+            return []
+        return [s for s in up if s.up_since is not None and now - s.up_since >= self.min_uptime]
+
+    async def kill_one(self, rng: random.Random) -> bool:
+        """SIGKILL a random killable worker and start its replacement; False if none is."""
+        candidates = self.killable()
+        if not candidates:
+            return False
+        slot = rng.choice(candidates)
+        assert slot.proc is not None
+        slot.proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(slot.proc.wait(), 10)
+        self.kills += 1
+        await self._spawn(slot)
+        return True
+
+    async def replace_exited(self) -> None:
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.returncode is not None:
+                where = self.crashes if slot.up_since is not None else self.boot_exits
+                where.append(f"worker {slot.index}.{slot.generation} exit {slot.proc.returncode}")
+                await self._spawn(slot)
+
+    def log_tails(self, chars: int = 1500) -> str:
+        tails = []
+        for slot in self.slots:
+            if slot.log is not None and slot.log.exists():
+                text = slot.log.read_text(encoding="utf-8", errors="replace")[-chars:]
+                tails.append(f"--- {slot.log.name}\n{text}")
+        return "\n".join(tails)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM (drain), then SIGKILL whatever is still there after ``grace``."""
+        procs = [s.proc for s in self.slots if s.proc is not None and s.proc.returncode is None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
+
+# ------------------------------------------------------------------------ PostgreSQL restart
+
+
+def _pg_version() -> str:
+    versions = sorted(os.listdir("/etc/postgresql"), key=lambda v: [int(p) for p in v.split(".")])
+    return versions[-1]
+
+
+async def restart_postgresql() -> float:
+    """``pg_ctlcluster <version> main restart`` (fast shutdown); returns how long it took."""
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        "pg_ctlcluster",
+        "--skip-systemctl-redirect",
+        _pg_version(),
+        "main",
+        "restart",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), PG_RESTART_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"PostgreSQL restart failed: {output.decode(errors='replace')}")
+    return time.monotonic() - started
+
+
+def pg_restart_enabled(default: bool = True) -> bool:
+    value = os.environ.get("IMAGESTUDIO_CHAOS_PG_RESTART")
+    return default if value is None else value.strip() != "0"
+
+
+# ------------------------------------------------------------------------ the run
+
+
+@dataclass
+class Timeline:
+    seconds: float = 0.0
+    kills: int = 0
+    boot_exits: list[str] = field(default_factory=list)
+    crashes: list[str] = field(default_factory=list)
+    pg_restart_seconds: float | None = None
+    pg_restart_at: float | None = None
+    chaos_ended_early: bool = False  # the chaos phase hit its limit before the work was done
+    settle_seconds: float = 0.0
+
+
+async def _open_counts(services: Services, job_pks: list[str]) -> Counter[str] | None:
+    """Image statuses over the run's jobs; None while the database is unreachable."""
+    counts: Counter[str] = Counter()
+    try:
+        for pk in job_pks:
+            counts.update(image.status for image in await services.store.images(pk))
+    except Exception:
+        return None
+    return counts
+
+
+def _all_done(counts: Counter[str] | None) -> bool:
+    return counts is not None and counts["queued"] + counts["running"] == 0
+
+
+@dataclass
+class KillClock:
+    """A kill is due every ``kill_every`` seconds, and also once ``quota`` more images have
+    succeeded since the last one, so a fast machine still sees ``min_kills`` of them."""
+
+    rng: random.Random
+    every: tuple[float, float]
+    quota: float
+    next_at: float = 0.0
+    done_at_last: int = 0
+
+    def rearm(self, now: float, done: int) -> None:
+        self.next_at, self.done_at_last = now + self.rng.uniform(*self.every), done
+
+    def due(self, now: float, done: int) -> bool:
+        return now >= self.next_at or done - self.done_at_last >= self.quota
+
+
+async def run_chaos(
+    services: Services, config: ChaosConfig, job_pks: list[str], fleet: WorkerFleet
+) -> Timeline:
+    """Kill workers (see ``KillClock``) and restart PostgreSQL once, when 40% of the images
+    are done, until no image is queued or running. Past ``chaos_limit`` the kills stop and
+    the workers get ``settle_limit`` more to finish."""
+    rng = random.Random(config.seed)
+    timeline = Timeline()
+    started = time.monotonic()
+    clock = KillClock(rng, config.kill_every, config.images / (config.min_kills + 2))
+    clock.rearm(started, 0)
+    restart: asyncio.Task[float] | None = None
+    done = 0
+    try:
+        while not _all_done(counts := await _open_counts(services, job_pks)):
+            now = time.monotonic()
+            if now - started > config.chaos_limit:
+                timeline.chaos_ended_early = True
+                break
+            done = counts["succeeded"] if counts is not None else done
+            await fleet.replace_exited()
+            if clock.due(now, done) and await fleet.kill_one(rng):
+                clock.rearm(now, done)
+            if config.pg_restart and restart is None and done >= 0.4 * config.images:
+                timeline.pg_restart_at = now - started
+                restart = asyncio.create_task(restart_postgresql())
+            await asyncio.sleep(0.05)
+    finally:
+        if restart is not None:
+            timeline.pg_restart_seconds = await restart  # never leave PostgreSQL down
+    settling = time.monotonic()
+    while timeline.chaos_ended_early and time.monotonic() - settling < config.settle_limit:
+        await fleet.replace_exited()
+        if _all_done(await _open_counts(services, job_pks)):
+            break
+        await asyncio.sleep(0.1)
+    timeline.settle_seconds = time.monotonic() - settling
+    timeline.seconds = time.monotonic() - started
+    timeline.kills = fleet.kills
+    timeline.boot_exits, timeline.crashes = list(fleet.boot_exits), list(fleet.crashes)
+    return timeline
+
+
+# ------------------------------------------------------------------------ what happened
+
+
+@dataclass
+class Outcome:
+    images: int
+    succeeded: int
+    lost: int  # ended other than succeeded
+    stuck: int  # still queued or running
+    duplicated: int  # stored result files beyond the one the database names, per image
+    missing: int  # images whose named result file is not there
+    partial_files: int  # leftover in-progress writes (a SIGKILL mid-write)
+    max_attempts: int
+    double_wins: int  # images with more than one succeeded attempt
+    orphaned: int  # attempts lost with their worker (lease expired, rescued)
+    calls_per_image: list[int]
+    stray_calls: int  # provider calls that fit no recorded attempt
+    provider_totals: dict[str, int]
+    statuses: Counter[str]
+
+    def calls_p50(self) -> float:
+        return statistics.median(self.calls_per_image) if self.calls_per_image else 0.0
+
+    def calls_max(self) -> int:
+        return max(self.calls_per_image, default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class JobFacts:
+    pk: str
+    key: str
+    images: list[ImageRecord]
+    attempts: list[AttemptRecord]
+
+
+def result_files(data_dir: Path, job_pk: str) -> tuple[list[str], list[str]]:
+    """Final files and leftover partial writes in the job's results folder."""
+    folder = data_dir / "results" / job_pk
+    names = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    finals = [n for n in names if not n.startswith(TEMP_PREFIX)]
+    return finals, [n for n in names if n.startswith(TEMP_PREFIX)]
+
+
+def match_calls(calls: list[dict[str, Any]], jobs: list[JobFacts]) -> tuple[Counter[int], int]:
+    """Provider calls per image id, and the calls that fit no attempt (see module doc).
+
+    Within one (key, prompt) group, calls in start order each take the open attempt window
+    that closes first: the greedy that matches the most calls to windows.
+    """
+    windows: dict[tuple[str, str], list[tuple[float, float, int]]] = defaultdict(list)
+    for job in jobs:
+        prompts = {image.id: image.prompt for image in job.images}
+        for attempt in job.attempts:
+            start = attempt.started_at.timestamp() - WINDOW_SLACK
+            end = attempt.ended_at.timestamp() + WINDOW_SLACK if attempt.ended_at else float("inf")
+            windows[(job.key, prompts[attempt.image_id])].append((start, end, attempt.image_id))
+    per_image: Counter[int] = Counter()
+    stray = 0
+    for call in sorted(calls, key=lambda c: c["start"]):
+        group = windows.get((call["key"], call["prompt"]), [])
+        fits = [w for w in group if w[0] <= call["start"] <= w[1]]
+        if not fits:
+            stray += 1
+            continue
+        chosen = min(fits, key=lambda w: w[1])
+        group.remove(chosen)
+        per_image[chosen[2]] += 1
+    return per_image, stray
+
+
+async def collect(
+    services: Services, provider: BackgroundServer, jobs: list[tuple[str, str]]
+) -> Outcome:
+    """Everything the database, the results folder and the provider's call log say."""
+    facts = [
+        JobFacts(
+            pk=pk,
+            key=key_fingerprint(key) or "",
+            images=await services.store.images(pk),
+            attempts=await services.store.attempts(pk),
+        )
+        for pk, key in jobs
+    ]
+    async with httpx.AsyncClient(base_url=provider.url, timeout=30) as client:
+        stats = (await client.get("/_fake/stats")).json()
+    calls = [c for c in stats["calls"] if c["prompt"] is not None]
+    per_image, stray = match_calls(calls, facts)
+    images = [image for job in facts for image in job.images]
+    duplicated = missing = partials = 0
+    for job in facts:
+        finals, partial = result_files(services.settings.data_dir, job.pk)
+        named = {i.result_key.rsplit("/", 1)[1] for i in job.images if i.result_key}
+        duplicated += len(set(finals) - named)
+        missing += len(named - set(finals))
+        partials += len(partial)
+    wins = Counter(a.image_id for job in facts for a in job.attempts if a.outcome == "succeeded")
+    statuses = Counter(image.status for image in images)
+    return Outcome(
+        images=len(images),
+        succeeded=statuses["succeeded"],
+        lost=len(images) - statuses["succeeded"] - statuses["queued"] - statuses["running"],
+        stuck=statuses["queued"] + statuses["running"],
+        duplicated=duplicated,
+        missing=missing + sum(1 for i in images if i.status == "succeeded" and not i.result_key),
+        partial_files=partials,
+        max_attempts=max((i.attempts for i in images), default=0),
+        double_wins=sum(1 for n in wins.values() if n > 1),
+        orphaned=sum(1 for job in facts for a in job.attempts if a.outcome == "lost"),
+        calls_per_image=[per_image[i.id] for i in images],
+        stray_calls=stray,
+        provider_totals=dict(stats["totals"]),
+        statuses=statuses,
+    )
+
+
+def markdown(config: ChaosConfig, timeline: Timeline, outcome: Outcome) -> str:
+    totals = outcome.provider_totals
+    restart = (
+        f"at {timeline.pg_restart_at:.1f} s, took {timeline.pg_restart_seconds:.1f} s"
+        if timeline.pg_restart_at is not None and timeline.pg_restart_seconds is not None
+        else "none"
+    )
+    rows = [
+        (
+            "images",
+            f"{outcome.images} ({', '.join(f'{n} {s}' for s, n in outcome.statuses.items())})",
+        ),
+        ("lost (ended other than succeeded)", str(outcome.lost)),
+        ("duplicated stored results", str(outcome.duplicated)),
+        ("missing stored results", str(outcome.missing)),
+        ("stuck (queued or running)", str(outcome.stuck)),
+        ("images with two winning attempts", str(outcome.double_wins)),
+        ("max attempts on an image", f"{outcome.max_attempts} (limit {config.max_attempts})"),
+        (
+            "provider calls per image",
+            f"p50 {outcome.calls_p50():g}, max {outcome.calls_max()}, "
+            f"mean {sum(outcome.calls_per_image) / max(outcome.images, 1):.2f}",
+        ),
+        (
+            "provider answers",
+            f"{totals.get('requests', 0)} calls: {totals.get('ok', 0)} ok, "
+            f"{totals.get('500', 0)} x 500, {totals.get('429', 0)} x 429; "
+            f"peak {totals.get('peak_in_flight', 0)} in flight",
+        ),
+        ("stray provider calls (no attempt)", str(outcome.stray_calls)),
+        ("partial writes left by kills", str(outcome.partial_files)),
+        (
+            "run length",
+            f"{timeline.seconds:.1f} s"
+            + (
+                f" (chaos stopped at {config.chaos_limit:g} s unfinished; "
+                f"then {timeline.settle_seconds:.1f} s without kills)"
+                if timeline.chaos_ended_early
+                else ""
+            ),
+        ),
+        ("workers SIGKILLed (and restarted)", str(timeline.kills)),
+        ("attempts orphaned by a dead worker (rescued)", str(outcome.orphaned)),
+        ("workers that crashed on their own", ", ".join(timeline.crashes) or "0"),
+        (
+            "workers that exited while starting (database down)",
+            ", ".join(timeline.boot_exits) or "0",
+        ),
+        ("PostgreSQL restart", restart),
+    ]
+    setup = (
+        f"{config.workers} `imagestudio worker --concurrency {config.concurrency}` processes; "
+        f"fake provider: {config.latency_ms:g} ms latency (uniform), "
+        f"{config.error_rate:.0%} 500s, concurrency limit {config.provider_concurrency}; "
+        f"lease {config.lease_seconds:g} s, max attempts {config.max_attempts}; "
+        f"a worker SIGKILLed every {config.kill_every[0]:g}-{config.kill_every[1]:g} s; "
+        f"{config.size}x{config.size} PNG results; two users."
+    )
+    lines = ["# Chaos run", "", setup, "", "| | |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------ the bench itself
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_DSN, timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def scratch_database() -> Any:
+    name = f"imagestudio_chaos_{uuid.uuid4().hex[:12]}"
+    await _admin(f'CREATE DATABASE "{name}"')
+    base = PG_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def fake_provider(config: ChaosConfig) -> Iterator[BackgroundServer]:
+    fake = FakeProviderConfig(
+        latency_ms=config.latency_ms,
+        latency_dist="uniform",
+        error_rate=config.error_rate,
+        concurrency=config.provider_concurrency,
+        seed=config.seed,
+    )
+    with BackgroundServer(create_fake_provider_app(fake)) as server:
+        yield server
+
+
+async def submit_jobs(
+    services: Services, provider: BackgroundServer, config: ChaosConfig
+) -> list[tuple[str, str]]:
+    """One job per user; returns (job pk, API key) for each."""
+    jobs = []
+    for (user, key), shape in zip(USERS, config.images_per_sku(), strict=True):
+        payload = batch_payload(
+            provider.url,
+            f"chaos-{user}",
+            images_per_sku=shape,
+            api_key=key,
+            user_id=user,
+            size=config.size,
+        )
+        result = await submit(services, payload, None)
+        jobs.append((result.job.id, key))
+    return jobs
+
+
+async def chaos_bench(config: ChaosConfig, data_dir: Path) -> tuple[Timeline, Outcome]:
+    async with scratch_database() as url:
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            data_dir=data_dir,
+            database_url=url,
+            allow_private_urls="127.0.0.1",
+        )
+        with fake_provider(config) as provider:
+            async with open_services(settings) as services:  # migrates the new database
+                jobs = await submit_jobs(services, provider, config)
+                fleet = WorkerFleet(
+                    worker_env(settings, config),
+                    data_dir / "logs",
+                    config.workers,
+                    config.concurrency,
+                )
+                try:
+                    await fleet.start()
+                    timeline = await run_chaos(services, config, [pk for pk, _ in jobs], fleet)
+                finally:
+                    await fleet.stop()
+                outcome = await collect(services, provider, jobs)
+    return timeline, outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--kills", type=int, default=10, help="at least this many SIGKILLs")
+    parser.add_argument("--no-pg-restart", action="store_true")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep the data dir (worker logs)")
+    args = parser.parse_args(argv)
+    config = ChaosConfig(
+        images=args.images,
+        min_kills=args.kills,
+        pg_restart=not args.no_pg_restart and pg_restart_enabled(),
+        seed=args.seed,
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="imagestudio-chaos-"))
+    try:
+        timeline, outcome = asyncio.run(chaos_bench(config, tmp))
+    finally:
+        if args.keep:
+            print(f"data dir kept: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    report = markdown(config, timeline, outcome)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(report, encoding="utf-8")
+    print(report)
+    print(f"written to {OUT}")
+    healthy = outcome.lost == outcome.stuck == outcome.duplicated == outcome.missing == 0
+    return 0 if healthy and timeline.kills >= config.min_kills else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
