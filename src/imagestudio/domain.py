@@ -171,15 +171,18 @@ def redacted_config(payload: JobPayload) -> dict[str, Any]:
     return config
 
 
-def rollup_status(counts: dict[str, int], *, cancel_requested: bool) -> JobStatus:
-    """A job's status from its images' counts by status (pure)."""
+def rollup_status(
+    counts: dict[str, int], *, cancel_requested: bool, started: bool = False
+) -> JobStatus:
+    """A job's status from its images' counts by status (pure). ``started``: the job has
+    run before, so an image waiting again (a 429, a retry) does not make it ``queued``."""
     total = sum(counts.values())
     active = counts.get(ImageStatus.QUEUED, 0) + counts.get(ImageStatus.RUNNING, 0)
     succeeded = counts.get(ImageStatus.SUCCEEDED, 0)
     failed = counts.get(ImageStatus.FAILED, 0)
     if active:
-        started = total - counts.get(ImageStatus.QUEUED, 0)
-        return JobStatus.RUNNING if started else JobStatus.QUEUED
+        begun = started or total > counts.get(ImageStatus.QUEUED, 0)
+        return JobStatus.RUNNING if begun else JobStatus.QUEUED
     if cancel_requested or counts.get(ImageStatus.CANCELLED, 0):
         return JobStatus.CANCELLED
     if failed == 0:

@@ -27,6 +27,7 @@ def create_app(settings: Settings, *, workers: int = 0) -> FastAPI:
             loop = None
             if workers > 0:
                 loop = asyncio.create_task(services.worker(workers).run(stop))
+            app.state.worker_loop = loop
             try:
                 yield
             finally:
@@ -35,6 +36,7 @@ def create_app(settings: Settings, *, workers: int = 0) -> FastAPI:
                     await loop
 
     app = FastAPI(title="imagestudio", version="0.1.0", lifespan=lifespan)
+    app.state.worker_loop = None
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(system.router, prefix=API_PREFIX)
     app.add_api_route("/healthz", system.healthz, methods=["GET"], include_in_schema=False)

@@ -633,10 +633,16 @@ class Store:
                 .order_by(img.c.position)
             )
         ).all()
-        cancel = bool(
-            await conn.scalar(select(ai_job.c.cancel_requested).where(ai_job.c.id == job_pk))
+        job = (
+            await conn.execute(
+                select(ai_job.c.cancel_requested, ai_job.c.status).where(ai_job.c.id == job_pk)
+            )
+        ).one()
+        status = rollup_status(
+            counts,
+            cancel_requested=bool(job.cancel_requested),
+            started=job.status != JobStatus.QUEUED.value,
         )
-        status = rollup_status(counts, cancel_requested=cancel)
         values: dict[str, Any] = {
             "status": status.value,
             "result_image_urls": list(urls),

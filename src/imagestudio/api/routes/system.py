@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -17,7 +17,12 @@ MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "w
 
 
 @router.get("/healthz")
-async def healthz(services: ServicesDep) -> dict[str, str]:
+async def healthz(request: Request, services: ServicesDep) -> dict[str, str]:
+    """200 when the service can take jobs: the database answers and, if this process runs
+    workers, their loop is alive (a dead loop would leave accepted jobs queued)."""
+    loop = request.app.state.worker_loop
+    if loop is not None and loop.done():
+        raise HTTPException(503, "the in-process worker loop has stopped")
     try:
         async with services.store.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
