@@ -298,20 +298,23 @@ def _all_done(counts: Counter[str] | None) -> bool:
 
 @dataclass
 class KillClock:
-    """A kill is due every ``kill_every`` seconds, and also once ``quota`` more images have
-    succeeded since the last one, so a fast machine still sees ``min_kills`` of them."""
+    """A kill is due every ``every`` seconds, and also once more images succeeded since the
+    last kill than the work left shared among the kills still owed (so a fast machine
+    still sees ``min_kills`` of them)."""
 
     rng: random.Random
     every: tuple[float, float]
-    quota: float
+    total: int
+    min_kills: int
     next_at: float = 0.0
     done_at_last: int = 0
 
     def rearm(self, now: float, done: int) -> None:
         self.next_at, self.done_at_last = now + self.rng.uniform(*self.every), done
 
-    def due(self, now: float, done: int) -> bool:
-        return now >= self.next_at or done - self.done_at_last >= self.quota
+    def due(self, now: float, done: int, kills: int) -> bool:
+        quota = (self.total - self.done_at_last) / (max(self.min_kills - kills, 0) + 1)
+        return now >= self.next_at or done - self.done_at_last >= quota
 
 
 async def run_chaos(
@@ -323,7 +326,7 @@ async def run_chaos(
     rng = random.Random(config.seed)
     timeline = Timeline()
     started = time.monotonic()
-    clock = KillClock(rng, config.kill_every, config.images / (config.min_kills + 2))
+    clock = KillClock(rng, config.kill_every, config.images, config.min_kills)
     clock.rearm(started, 0)
     restart: asyncio.Task[float] | None = None
     done = 0
@@ -335,7 +338,7 @@ async def run_chaos(
                 break
             done = counts["succeeded"] if counts is not None else done
             await fleet.replace_exited()
-            if clock.due(now, done) and await fleet.kill_one(rng):
+            if clock.due(now, done, fleet.kills) and await fleet.kill_one(rng):
                 clock.rearm(now, done)
             if config.pg_restart and restart is None and done >= 0.4 * config.images:
                 timeline.pg_restart_at = now - started

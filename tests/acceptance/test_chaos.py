@@ -53,7 +53,6 @@ TOTAL = sum(sum(shape) for _, _, shape in JOBS)
 SIZE = 256
 MIN_KILLS = 5
 KILL_EVERY = (1.0, 2.0)
-KILL_QUOTA = TOTAL / (MIN_KILLS + 2)  # a kill is also due after this many more successes
 MIN_UPTIME = 0.5  # a worker is killed only after it has been working this long
 PG_RESTART_AT = 0.4  # share of the images done
 TIME_LIMIT = 180.0
@@ -251,9 +250,15 @@ async def _counts(services: Services, job_pks: list[str]) -> Counter[str] | None
     return counts
 
 
+def _quota(kills: int, done_at_kill: int) -> float:
+    """A kill is also due once this many more images succeeded since the last one: the
+    kills still owed spread over the work left, so a fast machine sees them all too."""
+    return (TOTAL - done_at_kill) / (max(MIN_KILLS - kills, 0) + 1)
+
+
 async def _chaos(services: Services, fleet: Fleet, job_pks: list[str]) -> Run:
-    """Kill a worker every 1-2 s (or after ``KILL_QUOTA`` more successes), restart PostgreSQL
-    once, until nothing is queued or running."""
+    """Kill a worker every 1-2 s (or sooner, see ``_quota``), restart PostgreSQL once, until
+    nothing is queued or running."""
     rng, run = random.Random(5), Run()
     started = time.monotonic()
     next_kill, done_at_kill, done = started + rng.uniform(*KILL_EVERY), 0, 0
@@ -269,7 +274,7 @@ async def _chaos(services: Services, fleet: Fleet, job_pks: list[str]) -> Run:
                 run.timed_out = True
                 break
             await fleet.replace_exited()
-            due = now >= next_kill or done - done_at_kill >= KILL_QUOTA
+            due = now >= next_kill or done - done_at_kill >= _quota(fleet.kills, done_at_kill)
             if due and await fleet.kill_one(rng):
                 next_kill, done_at_kill = now + rng.uniform(*KILL_EVERY), done
             if _pg_restart_enabled() and restart is None and done >= PG_RESTART_AT * TOTAL:
