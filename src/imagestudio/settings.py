@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     max_images_per_job: int = Field(default=5000, ge=1)
 
     # Worker behaviour.
-    worker_concurrency: int = Field(default=8, ge=1)
+    worker_concurrency: int = Field(default=16, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval: float = Field(default=0.5, gt=0)
     events_poll_seconds: float = Field(default=0.5, gt=0)

@@ -120,6 +120,14 @@ def test_latency_brakes_growth_but_does_not_shrink() -> None:
     assert slow.window > 7
 
 
+def test_ordinary_spread_of_latencies_does_not_brake() -> None:
+    state = dataclasses.replace(initial_state(P), window=6, ssthresh=4.0)
+    latencies = [0.2, 1.8, 0.5, 2.6, 0.3, 1.1, 0.9, 3.0, 0.4, 1.5] * 4  # lognormal-ish
+    for step, latency in enumerate(latencies):
+        state = ok(state, 10.0 + step, latency=latency)
+    assert state.window > 8
+
+
 def test_rate_limit_headers_set_the_pace_directly() -> None:
     state = ok(initial_state(P), 10.0, rate=RateInfo(limit_requests=120, remaining_requests=50))
     assert state.rate == pytest.approx(2 * P.header_rate_share)

@@ -108,6 +108,9 @@ class AttemptOut(BaseModel):
     start: datetime
     end: datetime | None
     seconds: float | None
+    call_start: datetime | None
+    call_end: datetime | None
+    call_seconds: float | None
     outcome: str | None
     error: str | None
     wait_seconds: float | None
@@ -202,6 +205,9 @@ def image_out(image: ImageRecord) -> ImageOut:
 
 def attempt_out(attempt: AttemptRecord) -> AttemptOut:
     seconds = (attempt.ended_at - attempt.started_at).total_seconds() if attempt.ended_at else None
+    call_seconds = None
+    if attempt.call_started_at and attempt.call_ended_at:
+        call_seconds = (attempt.call_ended_at - attempt.call_started_at).total_seconds()
     return AttemptOut(
         position=attempt.position,
         sku=attempt.sku,
@@ -211,6 +217,9 @@ def attempt_out(attempt: AttemptRecord) -> AttemptOut:
         start=attempt.started_at,
         end=attempt.ended_at,
         seconds=seconds,
+        call_start=attempt.call_started_at,
+        call_end=attempt.call_ended_at,
+        call_seconds=call_seconds,
         outcome=attempt.outcome,
         error=attempt.error,
         wait_seconds=attempt.wait_seconds,

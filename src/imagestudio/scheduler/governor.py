@@ -146,8 +146,10 @@ def _latencies(
         return obs.latency, obs.latency
     a = params.latency_alpha
     latency = (1 - a) * state.latency + a * obs.latency
-    # The usual latency: follows drops at once, rises slowly (so a slowdown shows as a gap).
-    base = min(obs.latency, state.base_latency * (1 + a / 10))
+    # The usual latency: a ten times slower average, so a sudden slowdown shows as a gap
+    # while the spread of ordinary latencies (lognormal, prompt-driven) does not.
+    slow = a / 10
+    base = (1 - slow) * state.base_latency + slow * obs.latency
     return latency, base
 
 

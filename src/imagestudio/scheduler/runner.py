@@ -11,6 +11,7 @@ import random
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -140,14 +141,16 @@ class TaskRunner:
         self.providers, self.config = providers, config
         self.rng = rng or random.Random()
 
-    async def run(self, task: ClaimedTask) -> None:
+    async def run(self, task: ClaimedTask, on_call_done: Callable[[], None] | None = None) -> None:
+        """Run one claimed task to a recorded outcome; ``on_call_done`` is called when its
+        provider call ends (its slot in the provider's window is free again)."""
         bound = log.bind(
             job_id=task.job.job_id, sku=task.sku, stem=task.stem, attempt=task.attempts
         )
         bound.info(f"Processing image {task.position + 1}/{task.job.total}")
         outcome: Outcome
         try:
-            outcome = await self._attempt(task)
+            outcome = await self._attempt(task, on_call_done)
         except LeaseLost:
             bound.info("task no longer held (cancelled or taken over); stopped")
             return
@@ -172,7 +175,9 @@ class TaskRunner:
         if isinstance(outcome, Succeeded):
             await self._remove_stale(task, outcome.result_key)
 
-    async def _attempt(self, task: ClaimedTask) -> Succeeded:
+    async def _attempt(
+        self, task: ClaimedTask, on_call_done: Callable[[], None] | None
+    ) -> Succeeded:
         if task.attempts > self.config.policy.max_attempts:
             raise ImageStudioError(f"worker lost {task.attempts - 1} times while running it")
         job = task.job
@@ -189,7 +194,11 @@ class TaskRunner:
             size=provider_size(job.model, job.output.width, job.output.height),
             source=prepared,
         )
-        raw = await self._call(task, provider, request)
+        try:
+            raw = await self._call(task, provider, request)
+        finally:
+            if on_call_done is not None:
+                on_call_done()
         data = await asyncio.to_thread(
             postprocess, raw, job.output, max_pixels=self.config.max_pixels
         )
@@ -206,25 +215,24 @@ class TaskRunner:
             result = await provider.generate(request)
         except ProviderError as exc:
             self.metrics.provider_calls.labels(error_kind(exc)).inc()
-            observation = governor_observation(exc, sent_at, time.time())
-            if observation is not None:
-                await self._observe(task, observation)
+            await self._end_call(task, sent_at, governor_observation(exc, sent_at, time.time()))
             raise
         now = time.time()
         self.metrics.provider_calls.labels("ok").inc()
         self.metrics.provider_latency.observe(now - sent_at)
-        await self._observe(
-            task, Observation("ok", sent_at, now, latency=now - sent_at, rate=result.rate)
-        )
+        observation = Observation("ok", sent_at, now, latency=now - sent_at, rate=result.rate)
+        await self._end_call(task, sent_at, observation)
         return result.data
 
-    async def _observe(self, task: ClaimedTask, observation: Observation) -> None:
-        if observation.kind == "rate_limited":
+    async def _end_call(
+        self, task: ClaimedTask, sent_at: float, observation: Observation | None
+    ) -> None:
+        if observation is not None and observation.kind == "rate_limited":
             self.metrics.rate_limited.inc()
         try:
-            await self.store.observe(task.job.provider_key, observation)
+            await self.store.end_call(task, sent_at, observation)
         except Exception:  # the governor learns from the next call; the image goes on
-            log.exception("governor update failed", job_id=task.job.job_id)
+            log.exception("recording the call's end failed", job_id=task.job.job_id)
 
     def _decide(self, task: ClaimedTask, exc: BaseException) -> Outcome:
         now = self.store.clock()

@@ -115,7 +115,7 @@ class Worker:
 
     async def _run_one(self, task: ClaimedTask) -> None:
         try:
-            await self.runner.run(task)
+            await self.runner.run(task, on_call_done=self._slot_freed.set)
         except asyncio.CancelledError:
             log.info("task cancelled", job_id=task.job.job_id, stem=task.stem)
         except Exception:

@@ -108,10 +108,10 @@ def claim_candidates(now: datetime, limit: int, *, initial_window: float = 4.0) 
 def _within_windows(ranked: Any, now: datetime, limit: int, initial_window: float) -> Any:
     """Keep the candidates that fit their provider key's window and are out of cooldown."""
     running, running_job = ai_job_image.alias("k_running"), ai_job.alias("k_job")
-    key_running = (
+    key_running = (  # a task holds its key's slot until its provider call ends
         select(running_job.c.provider_key, func.count().label("n"))
         .select_from(running.join(running_job, running_job.c.id == running.c.job_pk))
-        .where(running.c.status == RUNNING)
+        .where(running.c.status == RUNNING, running.c.call_ended_at.is_(None))
         .group_by(running_job.c.provider_key)
         .subquery("key_running")
     )

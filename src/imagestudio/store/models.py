@@ -120,6 +120,8 @@ class AttemptRecord:
     worker: str
     started_at: datetime
     ended_at: datetime | None
+    call_started_at: datetime | None
+    call_ended_at: datetime | None
     outcome: str | None
     error: str | None
     wait_seconds: float | None

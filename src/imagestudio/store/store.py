@@ -225,6 +225,8 @@ class Store:
                 worker=r.worker,
                 started_at=r.started_at,
                 ended_at=r.ended_at,
+                call_started_at=r.call_started_at,
+                call_ended_at=r.call_ended_at,
                 outcome=r.outcome,
                 error=r.error,
                 wait_seconds=r.wait_seconds,
@@ -540,19 +542,31 @@ class Store:
             now=self.clock(),
         )
 
-    async def observe(self, key: str, observation: Observation) -> GovernorState | None:
-        """Feed one finished provider call to the key's governor (in the database)."""
+    async def end_call(
+        self, task: ClaimedTask, sent_at: float, observation: Observation | None
+    ) -> GovernorState | None:
+        """The task's provider call is over: its slot in the key's window frees (the rest of
+        the task, post-processing and storing, no longer counts), the attempt records the
+        call's start and end, and the key's governor learns from what the call said."""
         now = self.clock()
-        running, job = ai_job_image, ai_job
+        key = task.job.provider_key
         async with self.engine.begin() as conn:
             states = await governors.load(conn, [key], lock=True)
-            if key not in states:
-                return None
-            in_flight = await conn.scalar(
-                select(func.count())
-                .select_from(running.join(job, job.c.id == running.c.job_pk))
-                .where(job.c.provider_key == key, running.c.status == RUNNING)
+            in_flight = await conn.scalar(_calls_in_flight(key))
+            await conn.execute(
+                update(ai_job_image)
+                .where(ai_job_image.c.id == task.image_id, ai_job_image.c.fence == task.fence)
+                .values(call_ended_at=now)
             )
+            await conn.execute(
+                update(ai_job_attempt)
+                .where(
+                    ai_job_attempt.c.image_id == task.image_id, ai_job_attempt.c.fence == task.fence
+                )
+                .values(call_started_at=datetime.fromtimestamp(sent_at, UTC), call_ended_at=now)
+            )
+            if observation is None or key not in states:
+                return None
             observed = dataclasses.replace(observation, in_flight=int(in_flight or 0))
             state = observe(states[key], observed, self.governor)
             await governors.save(conn, key, state, now)
@@ -564,7 +578,7 @@ class Store:
         in_flight = (
             select(job.c.provider_key, func.count().label("n"))
             .select_from(running.join(job, job.c.id == running.c.job_pk))
-            .where(running.c.status == RUNNING)
+            .where(running.c.status == RUNNING, running.c.call_ended_at.is_(None))
             .group_by(job.c.provider_key)
             .subquery()
         )
@@ -655,6 +669,16 @@ class Store:
         return status.value
 
 
+def _calls_in_flight(key: str) -> Any:
+    """Tasks of the key that are in or before their provider call (this one included)."""
+    img, job = ai_job_image, ai_job
+    return (
+        select(func.count())
+        .select_from(img.join(job, job.c.id == img.c.job_pk))
+        .where(job.c.provider_key == key, img.c.status == RUNNING, img.c.call_ended_at.is_(None))
+    )
+
+
 async def _next_due(conn: AsyncConnection, now: datetime) -> float | None:
     """When the next waiting task or cooled-down key becomes startable (epoch seconds)."""
     img, gov = ai_job_image, provider_governor
@@ -675,6 +699,7 @@ def _lease(ids: list[int], worker: str, now: datetime, lease_seconds: float) -> 
         .where(img.c.id.in_(ids), img.c.status == QUEUED)  # cancelled meanwhile: skip it
         .values(
             status=RUNNING,
+            call_ended_at=None,
             fence=img.c.fence + 1,
             attempts=img.c.attempts + 1,
             calls=img.c.calls + 1,
