@@ -615,6 +615,8 @@ async def chaos_bench(config: ChaosConfig, data_dir: Path) -> tuple[Timeline, Ou
                 finally:
                     await fleet.stop()
                 outcome = await collect(services, provider, jobs)
+                if outcome.stuck or timeline.crashes:  # say why, while the logs are there
+                    print(fleet.log_tails(), file=sys.stderr)
     return timeline, outcome
 
 
