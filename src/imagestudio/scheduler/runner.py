@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import structlog
 
 from imagestudio.crypto import SecretBox
+from imagestudio.domain import TERMINAL_JOB_STATUSES
 from imagestudio.errors import (
     ImageStudioError,
     LeaseLost,
@@ -61,6 +62,15 @@ def governor_observation(error: ProviderError, sent_at: float, now: float) -> Ob
     if isinstance(error, ProviderUnavailable | ProviderTimeout):
         return Observation("backpressure", sent_at, now)
     return None
+
+
+_ATTEMPT = re.compile(r"-a(\d+)\.[a-z]+$")
+
+
+def attempt_of(key: str) -> int | None:
+    """The fence of the attempt that wrote ``key`` (see ``result_key``)."""
+    match = _ATTEMPT.search(key)
+    return int(match.group(1)) if match else None
 
 
 def result_prefix(task: ClaimedTask) -> str:
@@ -172,8 +182,8 @@ class TaskRunner:
             error=getattr(outcome, "error", None),
             job_status=status,
         )
-        if isinstance(outcome, Succeeded):
-            await self._remove_stale(task, outcome.result_key)
+        if status in TERMINAL_JOB_STATUSES:
+            await sweep_job_results(self.store, self.storage, task.job_pk)
 
     async def _attempt(
         self, task: ClaimedTask, on_call_done: Callable[[], None] | None
@@ -204,6 +214,7 @@ class TaskRunner:
         )
         key = result_key(task)
         await self.storage.put(key, data, CONTENT_TYPES[job.output.format])
+        await self._remove_older(task)
         return Succeeded(result_key=key, result_url=f"{self.config.files_url}/{key}")
 
     async def _call(
@@ -258,8 +269,22 @@ class TaskRunner:
             billed_timeout=decision.billed_timeout,
         )
 
-    async def _remove_stale(self, task: ClaimedTask, keep: str) -> None:
-        """Delete results a crashed or fenced-out earlier attempt left behind."""
+    async def _remove_older(self, task: ClaimedTask) -> None:
+        """Before recording its result, delete what earlier attempts of this image (crashed
+        or fenced out: they can no longer win) left behind. Newer attempts' files are theirs."""
         for key in await self.storage.list(result_prefix(task)):
-            if key != keep:
+            fence = attempt_of(key)
+            if fence is not None and fence < task.fence:
                 await self.storage.delete(key)
+
+
+async def sweep_job_results(store: Store, storage: ResultStorage, job_pk: str) -> int:
+    """Once a job has ended, delete any file of it that is no image's recorded result
+    (an attempt killed between storing and recording). Returns how many were deleted."""
+    keep = {image.result_key for image in await store.images(job_pk) if image.result_key}
+    removed = 0
+    for key in await storage.list(f"{job_pk}/"):
+        if key not in keep:
+            await storage.delete(key)
+            removed += 1
+    return removed

@@ -22,6 +22,7 @@ from imagestudio.api.schemas import (
     job_summary,
 )
 from imagestudio.domain import TERMINAL_JOB_STATUSES
+from imagestudio.scheduler.runner import sweep_job_results
 from imagestudio.submission import submit
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -73,9 +74,11 @@ async def get_timeline(store: StoreDep, job: JobDep) -> dict[str, Any]:
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
-async def cancel_job(store: StoreDep, user: UserDep, job: JobDep, job_id: str) -> JobOut:
+async def cancel_job(services: ServicesDep, user: UserDep, job: JobDep, job_id: str) -> JobOut:
     """Queued images end ``cancelled`` now; running calls are aborted within seconds."""
+    store = services.store
     await store.cancel(job.id)
+    await sweep_job_results(store, services.storage, job.id)
     return job_out(await store.progress(user, job_id))
 
 
