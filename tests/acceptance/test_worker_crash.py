@@ -197,11 +197,22 @@ async def test_killed_worker_loses_and_duplicates_nothing(
             )
             first.proc.kill()  # SIGKILL: no drain, no release, leases left to expire
             assert await first.wait(10) == -signal.SIGKILL
-        orphaned = {i.id for i in await services.store.images(job_pk) if i.status == "running"}
+        at_kill = await services.store.images(job_pk)
+        orphaned = {i.id for i in at_kill if i.status == "running"}
         assert orphaned, "the killed worker held no task; the crash proved nothing"
+        # Had the kill landed between an orphan's storage write and its finish, its result
+        # would be on disk with no row naming it; make that so, for each orphan.
+        folder = settings.data_dir / "results" / job_pk
+        folder.mkdir(parents=True, exist_ok=True)
+        for image in at_kill:
+            if image.id in orphaned:
+                stale = folder / f"{image.position:04d}-written-by-the-killed-worker.png"
+                stale.write_bytes(b"not the winner")
 
         async with worker_process(settings, "worker-2") as second:
             status = await _wait_job_end(services, "crash-1", second)
+            second.proc.send_signal(signal.SIGTERM)  # let it finish its clean-up, then look
+            assert await second.wait(30) == 0, second.output()
 
         progress = await services.store.progress(None, "crash-1")
         images = await services.store.images(job_pk)
@@ -226,6 +237,7 @@ async def test_killed_worker_loses_and_duplicates_nothing(
     files, partials = _result_files(settings, job_pk)
     keys = sorted(i.result_key.rsplit("/", 1)[1] for i in images if i.result_key)
     assert files == keys, "exactly one result file per image: the one the database names"
+    assert not any("killed-worker" in name for name in files), "a stale result was left"
     assert all(i.result_key.startswith(f"{job_pk}/") for i in images if i.result_key)
     assert not partials or len(partials) <= len(orphaned)  # a SIGKILL mid-write, at worst
     for image in images:
