@@ -151,6 +151,7 @@ class WorkerFleet:
     min_uptime: float = 0.5
     slots: list[Slot] = field(default_factory=list)
     kills: int = 0
+    killed_pids: set[int] = field(default_factory=set)
     boot_exits: list[str] = field(default_factory=list)  # exited before it started working
     crashes: list[str] = field(default_factory=list)  # exited on its own while working
 
@@ -196,6 +197,7 @@ class WorkerFleet:
         slot.proc.send_signal(signal.SIGKILL)
         await asyncio.wait_for(slot.proc.wait(), 10)
         self.kills += 1
+        self.killed_pids.add(slot.proc.pid)
         await self._spawn(slot)
         return True
 
@@ -374,7 +376,9 @@ class Outcome:
     partial_files: int  # leftover in-progress writes (a SIGKILL mid-write)
     max_attempts: int
     double_wins: int  # images with more than one succeeded attempt
-    orphaned: int  # attempts lost with their worker (lease expired, rescued)
+    orphaned: int  # attempts lost with a killed worker (lease expired, rescued)
+    lapsed: int  # attempts whose lease expired while their worker lived
+    worst: str  # the attempts of the image that took the most, by outcome
     calls_per_image: list[int]
     stray_calls: int  # provider calls that fit no recorded attempt
     provider_totals: dict[str, int]
@@ -430,8 +434,32 @@ def match_calls(calls: list[dict[str, Any]], jobs: list[JobFacts]) -> tuple[Coun
     return per_image, stray
 
 
+def _worst(facts: list[JobFacts]) -> str:
+    """``stem: 8 attempts (5 lost, 2 retry, 1 succeeded)`` for the image with the most."""
+    attempts: dict[int, list[str]] = defaultdict(list)
+    for job in facts:
+        for a in job.attempts:
+            attempts[a.image_id].append(a.outcome or "open")
+    if not attempts:
+        return "none"
+    image_id = max(attempts, key=lambda i: len(attempts[i]))
+    stem = next(i.stem for job in facts for i in job.images if i.id == image_id)
+    outcomes = Counter(attempts[image_id])
+    parts = ", ".join(f"{n} {outcome}" for outcome, n in outcomes.most_common())
+    return f"{stem}: {len(attempts[image_id])} attempt records ({parts})"
+
+
+def worker_pid(worker: str) -> int | None:
+    """The process id in a worker id (``host:pid:nonce``)."""
+    parts = worker.rsplit(":", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
 async def collect(
-    services: Services, provider: BackgroundServer, jobs: list[tuple[str, str]]
+    services: Services,
+    provider: BackgroundServer,
+    jobs: list[tuple[str, str]],
+    killed_pids: set[int],
 ) -> Outcome:
     """Everything the database, the results folder and the provider's call log say."""
     facts = [
@@ -456,6 +484,7 @@ async def collect(
         missing += len(named - set(finals))
         partials += len(partial)
     wins = Counter(a.image_id for job in facts for a in job.attempts if a.outcome == "succeeded")
+    lost = [a for job in facts for a in job.attempts if a.outcome == "lost"]
     statuses = Counter(image.status for image in images)
     return Outcome(
         images=len(images),
@@ -467,7 +496,9 @@ async def collect(
         partial_files=partials,
         max_attempts=max((i.attempts for i in images), default=0),
         double_wins=sum(1 for n in wins.values() if n > 1),
-        orphaned=sum(1 for job in facts for a in job.attempts if a.outcome == "lost"),
+        orphaned=sum(1 for a in lost if worker_pid(a.worker) in killed_pids),
+        lapsed=sum(1 for a in lost if worker_pid(a.worker) not in killed_pids),
+        worst=_worst(facts),
         calls_per_image=[per_image[i.id] for i in images],
         stray_calls=stray,
         provider_totals=dict(stats["totals"]),
@@ -493,6 +524,7 @@ def markdown(config: ChaosConfig, timeline: Timeline, outcome: Outcome) -> str:
         ("stuck (queued or running)", str(outcome.stuck)),
         ("images with two winning attempts", str(outcome.double_wins)),
         ("max attempts on an image", f"{outcome.max_attempts} (limit {config.max_attempts})"),
+        ("the image that took the most", outcome.worst),
         (
             "provider calls per image",
             f"p50 {outcome.calls_p50():g}, max {outcome.calls_max()}, "
@@ -517,7 +549,8 @@ def markdown(config: ChaosConfig, timeline: Timeline, outcome: Outcome) -> str:
             ),
         ),
         ("workers SIGKILLed (and restarted)", str(timeline.kills)),
-        ("attempts orphaned by a dead worker (rescued)", str(outcome.orphaned)),
+        ("attempts orphaned by a killed worker (rescued)", str(outcome.orphaned)),
+        ("attempts whose lease lapsed while their worker lived", str(outcome.lapsed)),
         ("workers that crashed on their own", ", ".join(timeline.crashes) or "0"),
         (
             "workers that exited while starting (database down)",
@@ -614,7 +647,7 @@ async def chaos_bench(config: ChaosConfig, data_dir: Path) -> tuple[Timeline, Ou
                     timeline = await run_chaos(services, config, [pk for pk, _ in jobs], fleet)
                 finally:
                     await fleet.stop()
-                outcome = await collect(services, provider, jobs)
+                outcome = await collect(services, provider, jobs, fleet.killed_pids)
                 if outcome.stuck or timeline.crashes:  # say why, while the logs are there
                     print(fleet.log_tails(), file=sys.stderr)
     return timeline, outcome

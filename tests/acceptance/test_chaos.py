@@ -142,6 +142,7 @@ class Fleet:
     logs: Path
     slots: list[Slot] = field(default_factory=list)
     kills: int = 0
+    killed_pids: set[int] = field(default_factory=set)
     boot_exits: list[str] = field(default_factory=list)  # exited before working (DB down)
     crashes: list[str] = field(default_factory=list)  # exited on their own while working
 
@@ -181,6 +182,7 @@ class Fleet:
         slot.proc.send_signal(signal.SIGKILL)
         await asyncio.wait_for(slot.proc.wait(), 10)
         self.kills += 1
+        self.killed_pids.add(slot.proc.pid)
         await self._spawn(slot)
         return True
 
@@ -379,10 +381,12 @@ async def test_chaos_every_image_succeeds_once(
     )
     counts = [per_image[image.id] for image in images]
     totals = stats["totals"]
-    orphaned = sum(1 for a in attempts if a.outcome == "lost")
+    lost = [int(a.worker.rsplit(":", 2)[1]) for a in attempts if a.outcome == "lost"]
+    orphaned = sum(1 for pid in lost if pid in fleet.killed_pids)
     report = (
         f"\nchaos: {len(images)} images in {run.seconds:.1f} s; {fleet.kills} workers SIGKILLed"
-        f" ({orphaned} attempts orphaned); PostgreSQL restart "
+        f" ({orphaned} attempts orphaned by kills, {len(lost) - orphaned} lapsed while their"
+        " worker lived); PostgreSQL restart "
         + (
             f"at {run.pg_restart_at:.1f} s (took {run.pg_restart_took:.1f} s)"
             if run.pg_restart_at is not None and run.pg_restart_took is not None
