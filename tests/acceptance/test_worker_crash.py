@@ -201,13 +201,17 @@ async def test_killed_worker_loses_and_duplicates_nothing(
         orphaned = {i.id for i in at_kill if i.status == "running"}
         assert orphaned, "the killed worker held no task; the crash proved nothing"
         # Had the kill landed between an orphan's storage write and its finish, its result
-        # would be on disk with no row naming it; make that so, for each orphan.
+        # would be on disk with no row naming it; make that so, for each orphan, under the
+        # name its attempt would have used (``<position>-<sku>-<stem>-a<fence>``).
+        fences = {a.image_id: a.fence for a in await services.store.attempts(job_pk)}
         folder = settings.data_dir / "results" / job_pk
         folder.mkdir(parents=True, exist_ok=True)
+        planted = set()
         for image in at_kill:
             if image.id in orphaned:
-                stale = folder / f"{image.position:04d}-written-by-the-killed-worker.png"
-                stale.write_bytes(b"not the winner")
+                name = f"{image.position:04d}-{image.sku}-{image.stem}-a{fences[image.id]}.png"
+                (folder / name).write_bytes(b"written by the killed worker")
+                planted.add(name)
 
         async with worker_process(settings, "worker-2") as second:
             status = await _wait_job_end(services, "crash-1", second)
@@ -237,7 +241,7 @@ async def test_killed_worker_loses_and_duplicates_nothing(
     files, partials = _result_files(settings, job_pk)
     keys = sorted(i.result_key.rsplit("/", 1)[1] for i in images if i.result_key)
     assert files == keys, "exactly one result file per image: the one the database names"
-    assert not any("killed-worker" in name for name in files), "a stale result was left"
+    assert not planted & set(files), "a killed attempt's result was left behind"
     assert all(i.result_key.startswith(f"{job_pk}/") for i in images if i.result_key)
     assert not partials or len(partials) <= len(orphaned)  # a SIGKILL mid-write, at worst
     for image in images:
