@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import signal
 from pathlib import Path
 from typing import Annotated, Any
 
+import structlog
 import typer
 import uvicorn
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
 from imagestudio.observability import configure_logging
 from imagestudio.settings import Settings
@@ -23,6 +26,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+log = structlog.get_logger("imagestudio.cli")
 
 LogJson = Annotated[bool, typer.Option("--log-json", help="Log JSON lines instead of text.")]
 
@@ -81,8 +85,19 @@ async def _run_worker(settings: Settings, concurrency: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with open_services(settings) as services:
-        await services.worker(concurrency).run(stop)
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            async with open_services(settings) as services:
+                await services.worker(concurrency).run(stop)
+            return
+        except (OSError, SQLAlchemyError) as exc:  # the database is down: wait, don't die
+            log.warning(
+                "worker cannot reach the database; retrying", error=str(exc)[:200], retry_in=delay
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
 
 
 @app.command()

@@ -72,6 +72,11 @@ def done(position: int) -> Succeeded:
     return Succeeded(result_key=f"job/{position:04d}.png", result_url=f"/files/{position:04d}.png")
 
 
+async def held(store: Store, worker: str, ids: list[int], lease: float) -> set[int]:
+    """The image ids whose attempts ``worker`` still holds after a heartbeat."""
+    return {image_id for image_id, _ in await store.heartbeat(worker, ids, lease)}
+
+
 async def count(store: Store, table: Any) -> int:
     async with store.engine.connect() as conn:
         return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
@@ -220,7 +225,7 @@ async def test_expired_lease_is_taken_over_and_the_late_worker_writes_nothing(
         await store.get_job(None, "job-1"),
     )
     assert after == before
-    assert await store.heartbeat("w1", [stale.image_id], LEASE) == set()
+    assert await held(store, "w1", [stale.image_id], LEASE) == set()
 
     assert await store.finish(fresh, done(fresh.position)) == "running"
     image = (await store.images(job.id))[fresh.position]
@@ -234,16 +239,16 @@ async def test_heartbeat_returns_held_ids_and_extends_the_lease(store: Store, cl
     await store.submit(make_spec(), SEALED)
     mine = await store.claim("w1", 2, LEASE)
     ids = [t.image_id for t in mine]
-    assert await store.heartbeat("w1", [*ids, 999_999], LEASE) == set(ids)
-    assert await store.heartbeat("w2", ids, LEASE) == set()
-    assert await store.heartbeat("w1", [], LEASE) == set()
+    assert await held(store, "w1", [*ids, 999_999], LEASE) == set(ids)
+    assert await held(store, "w2", ids, LEASE) == set()
+    assert await held(store, "w1", [], LEASE) == set()
 
     clock.advance(LEASE - 5)
-    assert await store.heartbeat("w1", ids, LEASE) == set(ids)
+    assert await held(store, "w1", ids, LEASE) == set(ids)
     clock.advance(LEASE - 5)  # past the first lease, within the extended one
     others = await store.claim("w2", 10, LEASE)
     assert {t.image_id for t in others}.isdisjoint(ids)
-    assert await store.heartbeat("w1", ids, LEASE) == set(ids)
+    assert await held(store, "w1", ids, LEASE) == set(ids)
 
 
 async def test_release_requeues_without_counting_an_attempt(store: Store, clock: Clock) -> None:
@@ -253,7 +258,7 @@ async def test_release_requeues_without_counting_an_attempt(store: Store, clock:
     await store.release(task)
     image = (await store.images(job.id))[0]
     assert (image.status, image.attempts) == ("queued", 0)
-    assert await store.heartbeat("w1", [task.image_id], LEASE) == set()
+    assert await held(store, "w1", [task.image_id], LEASE) == set()
     (again,) = await store.claim("w2", 1, LEASE)
     assert again.image_id == task.image_id
     assert (again.fence, again.attempts) == (2, 1)

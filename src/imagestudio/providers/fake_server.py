@@ -42,7 +42,7 @@ import uvicorn
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -772,6 +772,9 @@ class FakeProvider:
         except Reject as reject:
             self.state.close_call(call, reject.status, reject.code)
             return reject.response()
+        except ClientDisconnect:  # the client went away mid-upload (a killed worker)
+            self.state.close_call(call, 499, "client_closed_request")
+            return Response(status_code=499)
         self.state.close_call(call, response.status_code, None)
         return response
 

@@ -94,6 +94,20 @@ class RunnerConfig:
     files_url: str  # prefix for result URLs, e.g. "/api/v1/image_studio/files"
 
 
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RunHooks:
+    """What the runner tells its worker: ``call_done`` when the provider call ended (a slot
+    in the provider's window is free), ``recording`` right before the outcome is written (the
+    lease ends by design from then on: a heartbeat must not take it for a lost one)."""
+
+    call_done: Callable[[], None] = _nothing
+    recording: Callable[[], None] = _nothing
+
+
 class ProviderPool:
     """Provider clients kept per provider key, so connections are reused across tasks."""
 
@@ -151,16 +165,17 @@ class TaskRunner:
         self.providers, self.config = providers, config
         self.rng = rng or random.Random()
 
-    async def run(self, task: ClaimedTask, on_call_done: Callable[[], None] | None = None) -> None:
-        """Run one claimed task to a recorded outcome; ``on_call_done`` is called when its
-        provider call ends (its slot in the provider's window is free again)."""
+    async def run(self, task: ClaimedTask, hooks: RunHooks | None = None) -> None:
+        """Run one claimed task to a recorded outcome (see ``RunHooks`` for what the worker
+        is told on the way)."""
+        hooks = hooks or RunHooks()
         bound = log.bind(
             job_id=task.job.job_id, sku=task.sku, stem=task.stem, attempt=task.attempts
         )
         bound.info(f"Processing image {task.position + 1}/{task.job.total}")
         outcome: Outcome
         try:
-            outcome = await self._attempt(task, on_call_done)
+            outcome = await self._attempt(task, hooks.call_done)
         except LeaseLost:
             bound.info("task no longer held (cancelled or taken over); stopped")
             return
@@ -168,6 +183,7 @@ class TaskRunner:
             raise
         except Exception as exc:  # every failure becomes a decision, never a crash
             outcome = self._decide(task, exc)
+        hooks.recording()
         try:
             status = await self.store.finish(task, outcome)
         except LeaseLost:
@@ -185,9 +201,7 @@ class TaskRunner:
         if status in TERMINAL_JOB_STATUSES:
             await sweep_job_results(self.store, self.storage, task.job_pk)
 
-    async def _attempt(
-        self, task: ClaimedTask, on_call_done: Callable[[], None] | None
-    ) -> Succeeded:
+    async def _attempt(self, task: ClaimedTask, on_call_done: Callable[[], None]) -> Succeeded:
         if task.attempts > self.config.policy.max_attempts:
             raise ImageStudioError(f"worker lost {task.attempts - 1} times while running it")
         job = task.job
@@ -207,8 +221,7 @@ class TaskRunner:
         try:
             raw = await self._call(task, provider, request)
         finally:
-            if on_call_done is not None:
-                on_call_done()
+            on_call_done()
         data = await asyncio.to_thread(
             postprocess, raw, job.output, max_pixels=self.config.max_pixels
         )

@@ -17,11 +17,23 @@ from dataclasses import dataclass
 
 import structlog
 
-from imagestudio.scheduler.runner import TaskRunner
+from imagestudio.scheduler.runner import RunHooks, TaskRunner
 from imagestudio.store.models import ClaimedTask
 from imagestudio.store.store import Store
 
 log = structlog.get_logger("imagestudio.worker")
+
+
+@dataclass(eq=False, slots=True)
+class Running:
+    """A task this worker runs: its coroutine, and whether its outcome is being recorded."""
+
+    task: ClaimedTask
+    runner: asyncio.Task[None] | None = None
+    recording: bool = False
+
+    def mark_recording(self) -> None:
+        self.recording = True
 
 
 def _until(wake_at: float | None, longest: float) -> float:
@@ -57,7 +69,9 @@ class Worker:
         self.store, self.runner, self.config = store, runner, config
         self.id = worker_id or new_worker_id()
         self.wakeup = wakeup or asyncio.Event()
-        self._inflight: dict[int, tuple[ClaimedTask, asyncio.Task[None]]] = {}
+        # Keyed by (image id, fence): after a stall this worker may hold a newer attempt of
+        # an image beside its own older, superseded one.
+        self._inflight: dict[tuple[int, int], Running] = {}
         self._slot_freed = asyncio.Event()
 
     @property
@@ -109,19 +123,24 @@ class Worker:
             await asyncio.sleep(self.config.poll_interval)
             return 0, None
         for task in claim.tasks:
-            runner = asyncio.create_task(self._run_one(task), name=f"image-{task.image_id}")
-            self._inflight[task.image_id] = (task, runner)
+            running = Running(task)
+            self._inflight[(task.image_id, task.fence)] = running
+            running.runner = asyncio.create_task(
+                self._run_one(running), name=f"image-{task.image_id}-a{task.fence}"
+            )
         return len(claim.tasks), claim.wake_at
 
-    async def _run_one(self, task: ClaimedTask) -> None:
+    async def _run_one(self, running: Running) -> None:
+        task = running.task
+        hooks = RunHooks(call_done=self._slot_freed.set, recording=running.mark_recording)
         try:
-            await self.runner.run(task, on_call_done=self._slot_freed.set)
+            await self.runner.run(task, hooks)
         except asyncio.CancelledError:
             log.info("task cancelled", job_id=task.job.job_id, stem=task.stem)
         except Exception:
             log.exception("task crashed", job_id=task.job.job_id, stem=task.stem)
         finally:
-            self._inflight.pop(task.image_id, None)
+            self._inflight.pop((task.image_id, task.fence), None)
             self._slot_freed.set()
 
     async def _idle(self, stop: asyncio.Event, wake_at: float | None) -> None:
@@ -152,27 +171,28 @@ class Worker:
             await self._beat()
 
     async def _beat(self) -> None:
-        ids = list(self._inflight)
-        if not ids:
+        attempts = list(self._inflight)
+        if not attempts:
             return
+        ids = sorted({image_id for image_id, _ in attempts})
         try:
             held = await self.store.heartbeat(self.id, ids, self.config.lease_seconds)
         except Exception:
             log.exception("heartbeat failed", worker=self.id)
             return
-        for image_id in set(ids) - held:
-            entry = self._inflight.get(image_id)
-            if entry is not None:
-                log.info("lease gone (cancelled or taken over); stopping task", image=image_id)
-                entry[1].cancel()
+        for attempt in set(attempts) - held:
+            running = self._inflight.get(attempt)
+            if running is not None and not running.recording and running.runner is not None:
+                log.info("lease gone (cancelled or taken over); stopping task", image=attempt[0])
+                running.runner.cancel()
 
     async def _drain(self) -> None:
         if not self._inflight:
             return
-        pending = [runner for _, runner in self._inflight.values()]
+        pending = [r.runner for r in self._inflight.values() if r.runner is not None]
         log.info("draining", worker=self.id, inflight=len(pending))
         _, still = await asyncio.wait(pending, timeout=self.config.drain_grace)
-        leftovers = [task for task, runner in list(self._inflight.values()) if runner in still]
+        leftovers = [r.task for r in list(self._inflight.values()) if r.runner in still]
         for runner in still:
             runner.cancel()
         await asyncio.gather(*still, return_exceptions=True)

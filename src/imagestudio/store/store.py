@@ -328,10 +328,11 @@ class Store:
 
     async def heartbeat(
         self, worker: str, image_ids: Sequence[int], lease_seconds: float
-    ) -> set[int]:
-        """Extend this worker's leases; returns the ids it still holds.
+    ) -> set[tuple[int, int]]:
+        """Extend this worker's leases; returns the ``(image id, fence)`` attempts it holds.
 
-        A task missing from the answer was cancelled or taken over: the worker stops it.
+        An attempt missing from the answer was cancelled, taken over, or superseded by a newer
+        attempt of the same image: the worker stops it.
         """
         if not image_ids:
             return set()
@@ -343,10 +344,10 @@ class Store:
                 img.c.id.in_(list(image_ids)), img.c.lease_owner == worker, img.c.status == RUNNING
             )
             .values(lease_expires_at=until)
-            .returning(img.c.id)
+            .returning(img.c.id, img.c.fence)
         )
         async with self.engine.begin() as conn:
-            return set((await conn.scalars(stmt)).all())
+            return {(int(r[0]), int(r[1])) for r in (await conn.execute(stmt)).all()}
 
     async def release(self, task: ClaimedTask) -> None:
         """Give a task back unfinished (worker draining): queued again, attempt not counted."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from imagestudio.store.db import create_engine
@@ -14,7 +15,12 @@ config = context.config
 target_metadata = metadata
 
 
+MIGRATION_LOCK = 7_320_114_902  # many processes may start at once: migrate one at a time
+
+
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
