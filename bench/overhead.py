@@ -404,7 +404,8 @@ def run(
         for target in TARGETS:
             for backend in backends:
                 m = Measurement(backend, target, images)
-                print(f"  {backend:<10} {target.label}: {images} images ...", flush=True)
+                print(f"  {backend:<10} {target.label}: {images} images ...", end="", flush=True)
+                began = time.perf_counter()
                 with fresh_database(backend, workdir) as url:
                     # The big queue only once per database: it does not depend on the target.
                     size_big = big if target == TARGETS[0] else 0
@@ -412,6 +413,10 @@ def run(
                         _measure_backend(url, workdir, provider, m, results[target.label], size_big)
                     )
                 measurements.append(m)
+                print(
+                    f" {m.per_second:.2f} images/s; {time.perf_counter() - began:.0f} s in all",
+                    flush=True,
+                )
     return measurements, stages
 
 
