@@ -176,8 +176,13 @@ def _save_webp(image: Image.Image, buffer: io.BytesIO, quality: int) -> None:
     image.save(buffer, "WEBP", quality=quality, method=4)
 
 
+# zlib level 3: on photo-like 1536x1536 output it takes ~40% of level 6's CPU for a file
+# about as small (docs/benchmarks.md); post-processing is the service's main CPU cost.
+PNG_COMPRESS_LEVEL = 3
+
+
 def _save_png(image: Image.Image, buffer: io.BytesIO, quality: int) -> None:  # noqa: ARG001
-    image.save(buffer, "PNG", compress_level=6)
+    image.save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 _SAVERS: dict[str, Callable[[Image.Image, io.BytesIO, int], None]] = {

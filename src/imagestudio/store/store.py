@@ -617,7 +617,11 @@ class Store:
 
     async def _lock_job(self, conn: AsyncConnection, job_pk: str) -> None:
         if self.dialect == "postgresql":
-            await conn.execute(select(ai_job.c.id).where(ai_job.c.id == job_pk).with_for_update())
+            # FOR NO KEY UPDATE: serializes the job's roll-ups without blocking the foreign-key
+            # checks of a claim inserting attempt and event rows (which would deadlock).
+            await conn.execute(
+                select(ai_job.c.id).where(ai_job.c.id == job_pk).with_for_update(key_share=True)
+            )
 
     async def _fail_queued(
         self, conn: AsyncConnection, job_pk: str, outcome: Failed, now: datetime
