@@ -112,3 +112,14 @@ def test_open_storage_refuses_what_it_cannot_open(url: str, message: str) -> Non
 def test_local_storage_satisfies_the_protocol(tmp_path: Path) -> None:
     storage: ResultStorage = LocalStorage(tmp_path)
     assert storage is not None
+
+
+async def test_discard_partials_removes_a_killed_writers_temp_files(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    await storage.put("job/0000-a1.png", b"done", "image/png")
+    (tmp_path / "job" / ".tmp-killed.part").write_bytes(b"half")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / ".tmp-live.part").write_bytes(b"someone else's")
+    assert await storage.discard_partials("job/") == 1
+    assert await storage.list("job/") == ["job/0000-a1.png"]
+    assert (tmp_path / "other" / ".tmp-live.part").exists()

@@ -295,7 +295,7 @@ async def sweep_job_results(store: Store, storage: ResultStorage, job_pk: str) -
     """Once a job has ended, delete any file of it that is no image's recorded result
     (an attempt killed between storing and recording). Returns how many were deleted."""
     keep = {image.result_key for image in await store.images(job_pk) if image.result_key}
-    removed = 0
+    removed = await storage.discard_partials(f"{job_pk}/")
     for key in await storage.list(f"{job_pk}/"):
         if key not in keep:
             await storage.delete(key)

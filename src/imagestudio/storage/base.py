@@ -28,3 +28,7 @@ class ResultStorage(Protocol):
     async def list(self, prefix: str) -> list[str]:
         """Every key that starts with ``prefix``, sorted."""
         ...
+
+    async def discard_partials(self, prefix: str) -> int:
+        """Remove unfinished writes (a writer killed mid-write) under ``prefix``; how many."""
+        ...

@@ -79,6 +79,18 @@ def _list_keys(root: Path, prefix: str) -> list[str]:
     return sorted(keys)
 
 
+def _discard_partials(root: Path, prefix: str) -> int:
+    folder = root.joinpath(*prefix.split("/")[:-1])
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.rglob(f"{_TEMP_PREFIX}*"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
 class LocalStorage:
     """``ResultStorage`` in a folder: key ``a/b.png`` is the file ``root/a/b.png``."""
 
@@ -88,6 +100,10 @@ class LocalStorage:
     def path_for(self, key: str) -> Path:
         """The file that holds ``key`` (it may not exist)."""
         return self.root.joinpath(*validate_key(key).split("/"))
+
+    async def discard_partials(self, prefix: str) -> int:
+        _validate_prefix(prefix)
+        return await asyncio.to_thread(_discard_partials, self.root, prefix)
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self.path_for(key)
