@@ -27,14 +27,8 @@ class Counts(BaseModel):
     cancelled: int
 
 
-class SkuProgress(BaseModel):
+class SkuProgress(Counts):
     sku: str
-    total: int
-    queued: int
-    running: int
-    succeeded: int
-    failed: int
-    cancelled: int
 
 
 class GovernorOut(BaseModel):

@@ -13,9 +13,9 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from imagestudio.errors import ContentRejected, NoImageReturned, ProviderError
+from imagestudio.errors import ContentRejected, NoImageReturned
 from imagestudio.providers.base import ImageRequest, ImageResult, SourceFile
-from imagestudio.providers.error_map import MAPPED_EXCEPTIONS, scrub
+from imagestudio.providers.error_map import scrub
 from imagestudio.providers.openai_images import OpenAIClientBase, decode_data_url
 from imagestudio.providers.retry_after import parse_rate_info
 
@@ -65,14 +65,6 @@ def image_urls(message: Any) -> Iterator[str]:
 
 class OpenAIChatProvider(OpenAIClientBase):
     """Chat-completions image models (OpenRouter-style ``message.images``)."""
-
-    async def generate(self, request: ImageRequest) -> ImageResult:
-        try:
-            return await self._generate(request)
-        except ProviderError:
-            raise
-        except MAPPED_EXCEPTIONS as exc:
-            raise self._mapped(exc) from exc
 
     async def _generate(self, request: ImageRequest) -> ImageResult:
         raw = await self._client.chat.completions.with_raw_response.create(

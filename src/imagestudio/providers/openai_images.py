@@ -69,6 +69,18 @@ class OpenAIClientBase:
             http_client=cast(httpx2.AsyncClient, self._http),
         )
 
+    async def generate(self, request: ImageRequest) -> ImageResult:
+        """One image; every failure leaves as one of our ``ProviderError`` classes."""
+        try:
+            return await self._generate(request)
+        except ProviderError:
+            raise
+        except MAPPED_EXCEPTIONS as exc:
+            raise self._mapped(exc) from exc
+
+    async def _generate(self, request: ImageRequest) -> ImageResult:
+        raise NotImplementedError
+
     def _mapped(self, exc: BaseException) -> ProviderError:
         return map_provider_error(exc, secrets=[self.config.api_key])
 
@@ -119,14 +131,6 @@ def image_params(request: ImageRequest) -> dict[str, Any]:
 
 class OpenAIImagesProvider(OpenAIClientBase):
     """``images.edit`` with the source image, ``images.generate`` without one."""
-
-    async def generate(self, request: ImageRequest) -> ImageResult:
-        try:
-            return await self._generate(request)
-        except ProviderError:
-            raise
-        except MAPPED_EXCEPTIONS as exc:
-            raise self._mapped(exc) from exc
 
     async def _generate(self, request: ImageRequest) -> ImageResult:
         params = image_params(request)
