@@ -81,6 +81,7 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
         await migrate_async(url)
     store = Store(
         create_engine(url),
+        reader=create_engine(url, reads_only=True) if settings.is_sqlite else None,
         governor=GovernorParams(initial_window=settings.governor_initial_window),
         pins=settings.provider_pins(),
     )

@@ -77,8 +77,11 @@ class Store:
         clock: Clock = utcnow,
         governor: GovernorParams | None = None,
         pins: Mapping[str, Pin] | None = None,
+        reader: AsyncEngine | None = None,
     ) -> None:
         self.engine = engine
+        # SQLite: reads on their own engine, so they never queue behind a writer (WAL).
+        self.reader = reader or engine
         self.clock = clock
         self.governor = governor or GovernorParams()
         self.pins: Mapping[str, Pin] = pins or {}
@@ -89,6 +92,8 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.reader is not self.engine:
+            await self.reader.dispose()
 
     # -- intake -------------------------------------------------------------------------
 
@@ -160,7 +165,7 @@ class Store:
         if user_id is not None:
             query = query.where(ai_job.c.user_id == user_id)
         query = query.order_by(ai_job.c.created_at.desc()).limit(1)
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             raise JobNotFound(f"no job {job_id!r}")
@@ -176,7 +181,7 @@ class Store:
             .where(ai_job_image.c.job_pk == job.id)
             .group_by(ai_job_image.c.sku, ai_job_image.c.status)
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = (await conn.execute(query)).all()
         counts = {s.value: 0 for s in ImageStatus}
         per_sku: dict[str, dict[str, int]] = {}
@@ -193,7 +198,7 @@ class Store:
         if user_id is not None:
             query = query.where(ai_job.c.user_id == user_id)
         query = query.limit(limit).offset(offset)
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return [_job_record(r) for r in (await conn.execute(query)).all()]
 
     async def images(self, job_pk: str) -> list[ImageRecord]:
@@ -202,7 +207,7 @@ class Store:
             .where(ai_job_image.c.job_pk == job_pk)
             .order_by(ai_job_image.c.position)
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return [_image_record(r) for r in (await conn.execute(query)).all()]
 
     async def attempts(self, job_pk: str) -> list[AttemptRecord]:
@@ -213,7 +218,7 @@ class Store:
             .where(a.c.job_pk == job_pk)
             .order_by(a.c.started_at, a.c.id)
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [
             AttemptRecord(
@@ -235,14 +240,14 @@ class Store:
         ]
 
     async def sealed_key(self, job_pk: str) -> bytes | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             value = await conn.scalar(
                 select(ai_job_secret.c.api_key_enc).where(ai_job_secret.c.job_pk == job_pk)
             )
         return bytes(value) if value is not None else None
 
     async def queue_depth(self) -> int:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             value = await conn.scalar(select(func.count()).where(ai_job_image.c.status == QUEUED))
         return int(value or 0)
 
@@ -318,7 +323,7 @@ class Store:
     async def still_held(self, task: ClaimedTask) -> bool:
         """Whether this attempt still owns its task (checked right before a provider call)."""
         img = ai_job_image
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             found = await conn.scalar(
                 select(img.c.id).where(
                     img.c.id == task.image_id, img.c.fence == task.fence, img.c.status == RUNNING
@@ -378,7 +383,7 @@ class Store:
 
     async def has_pending(self) -> bool:
         """Whether any image is queued or running (due now or later)."""
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             found = await conn.scalar(
                 select(ai_job_image.c.id)
                 .where(ai_job_image.c.status.in_([QUEUED, RUNNING]))
@@ -588,7 +593,7 @@ class Store:
         )
         if keys is not None:
             query = query.where(gov.c.key.in_(list(keys)))
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = (await conn.execute(query.order_by(gov.c.key))).all()
         return [
             GovernorView(
@@ -609,7 +614,7 @@ class Store:
             .order_by(ev.c.id)
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [
             EventRecord(id=r.id, type=r.type, data=r.data, created_at=r.created_at) for r in rows
