@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import exists, false, func, or_, select
 
-from imagestudio.domain import ImageStatus
+from imagestudio.domain import ImageStatus, JobStatus
 from imagestudio.store.tables import ai_job, ai_job_image, provider_governor
 
 QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
@@ -51,6 +51,14 @@ def claim_candidates(now: datetime, limit: int, *, initial_window: float = 4.0) 
         .group_by(running_job.c.user_id)
         .subquery("user_running")
     )
+    served_job = ai_job.alias("served_job")
+    user_served = (  # when each user of an unfinished job last had a task started
+        select(served_job.c.user_id, func.max(running.c.started_at).label("last"))
+        .select_from(running.join(served_job, served_job.c.id == running.c.job_pk))
+        .where(served_job.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+        .group_by(served_job.c.user_id)
+        .subquery("user_served")
+    )
     earlier = ai_job_image.alias("earlier")
     sku_blocked = exists().where(
         earlier.c.job_pk == img.c.job_pk,
@@ -69,6 +77,7 @@ def claim_candidates(now: datetime, limit: int, *, initial_window: float = 4.0) 
             job.c.provider_key,
             jr.label("jr"),
             func.coalesce(user_running.c.n, 0).label("ur"),
+            user_served.c.last.label("served"),
             (jr + func.row_number().over(partition_by=img.c.job_pk, order_by=img.c.position)).label(
                 "job_turn"
             ),
@@ -77,6 +86,7 @@ def claim_candidates(now: datetime, limit: int, *, initial_window: float = 4.0) 
             img.join(job, job.c.id == img.c.job_pk)
             .outerjoin(job_running, job_running.c.job_pk == img.c.job_pk)
             .outerjoin(user_running, user_running.c.user_id == job.c.user_id)
+            .outerjoin(user_served, user_served.c.user_id == job.c.user_id)
         )
         .where(
             img.c.status == QUEUED,
@@ -95,6 +105,7 @@ def claim_candidates(now: datetime, limit: int, *, initial_window: float = 4.0) 
             base.c.id,
             base.c.provider_key,
             user_turn.label("user_turn"),
+            base.c.served,
             base.c.job_turn,
             base.c.created_at,
             base.c.position,
@@ -103,6 +114,19 @@ def claim_candidates(now: datetime, limit: int, *, initial_window: float = 4.0) 
         .subquery("ranked")
     )
     return _within_windows(ranked, now, limit, initial_window)
+
+
+def fair_order(t: Any) -> tuple[Any, ...]:
+    """Lowest turn first; among equal turns the user served longest ago (or never) first,
+    so with more waiting users than free slots the slots rotate instead of going back to
+    whoever was served first."""
+    return (
+        t.c.user_turn,
+        t.c.served.asc().nulls_first(),
+        t.c.job_turn,
+        t.c.created_at,
+        t.c.position,
+    )
 
 
 def _within_windows(ranked: Any, now: datetime, limit: int, initial_window: float) -> Any:
@@ -116,7 +140,7 @@ def _within_windows(ranked: Any, now: datetime, limit: int, initial_window: floa
         .subquery("key_running")
     )
     gov = provider_governor
-    order = (ranked.c.user_turn, ranked.c.job_turn, ranked.c.created_at, ranked.c.position)
+    order = fair_order(ranked)
     key_turn = func.coalesce(key_running.c.n, 0) + func.row_number().over(
         partition_by=ranked.c.provider_key, order_by=order
     )
@@ -134,6 +158,6 @@ def _within_windows(ranked: Any, now: datetime, limit: int, initial_window: floa
     return (
         select(keyed.c.id, keyed.c.provider_key)
         .where(keyed.c.key_turn <= keyed.c.key_window)
-        .order_by(keyed.c.user_turn, keyed.c.job_turn, keyed.c.created_at, keyed.c.position)
+        .order_by(*fair_order(keyed))
         .limit(limit)
     )
