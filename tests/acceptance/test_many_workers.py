@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from test_worker_crash import worker_process  # tests/acceptance is on the path (prepend mode)
 
 from imagestudio.background_server import BackgroundServer
 from imagestudio.providers.fake_server import FakeProviderConfig, create_fake_provider_app
@@ -46,38 +44,11 @@ def fake() -> Iterator[BackgroundServer]:
 
 @contextlib.asynccontextmanager
 async def workers(settings: Settings, count: int) -> AsyncIterator[None]:
-    script = Path(sys.executable).with_name("imagestudio")
-    command = str(script) if script.exists() else shutil.which("imagestudio")
-    assert command, "the imagestudio console script is not installed"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESTUDIO_")}
-    env.update(
-        IMAGESTUDIO_DATABASE_URL=settings.effective_database_url,
-        IMAGESTUDIO_DATA_DIR=str(settings.data_dir.resolve()),
-        IMAGESTUDIO_ALLOW_PRIVATE_URLS="127.0.0.1",
-        IMAGESTUDIO_LEASE_SECONDS="3",
-        IMAGESTUDIO_POLL_INTERVAL="0.1",
-    )
-    procs = [
-        await asyncio.create_subprocess_exec(
-            command,
-            "worker",
-            "--concurrency",
-            "4",
-            env=env,
-            cwd=settings.data_dir,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        for _ in range(count)
-    ]
-    try:
+    """``count`` real ``imagestudio worker`` processes (the crash tests' launcher)."""
+    async with contextlib.AsyncExitStack() as stack:
+        for n in range(count):
+            await stack.enter_async_context(worker_process(settings, f"worker-{n}"))
         yield
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
 
 
 async def poll_job(services: Services, job_id: str, done: Any, within: float) -> float:
