@@ -60,10 +60,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from cryptography.fernet import Fernet
 
-from bench import timeline
+from bench import pg, timeline
 from bench.schemes import (
     SCHEMES,
     Background,
@@ -79,14 +78,12 @@ from imagestudio.observability import configure_logging
 from imagestudio.scheduler.governor import GovernorState
 from imagestudio.services import Services, open_services
 from imagestudio.settings import Settings
-from imagestudio.store.db import migrate
 from imagestudio.store.models import AttemptRecord, JobRecord
 from imagestudio.submission import submit
 from imagestudio.testing import batch_payload
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 OUT = OUT_DIR / "governor.md"
-PG_DSN = os.environ.get("IMAGESTUDIO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SKU_SIZES = (3, 5, 7, 5)  # images per SKU, repeated: 30 SKUs for 150 images
 WORKER_SLOTS = 64  # imagestudio's slots: large, so the governor is what limits
 TERMINAL = {"succeeded", "partially_failed", "failed", "cancelled"}
@@ -803,34 +800,12 @@ class PgRun:
     bound: float
 
 
-async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_DSN, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 def postgres_available() -> bool:
-    try:
-        asyncio.run(_pg_admin("SELECT 1"))
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"PostgreSQL unreachable ({exc}): skipping the worker-process runs", flush=True)
-        return False
-    return True
+    return pg.available("skipping the worker-process runs")
 
 
-@contextlib.contextmanager
-def pg_database() -> Iterator[str]:
-    name = f"imagestudio_governor_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        base = PG_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-        url = f"{base}/{name}"
-        migrate(url)
-        yield url
-    finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+def pg_database() -> contextlib.AbstractContextManager[str]:
+    return pg.scratch_database("imagestudio_governor")
 
 
 def _console_script() -> str:

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 from PIL import Image
 
+from bench import pg
 from imagestudio.background_server import free_port
 from imagestudio.domain import OutputSpec
 from imagestudio.imaging.process import postprocess, prepare_source
@@ -51,7 +51,6 @@ from imagestudio.store.models import Succeeded
 from imagestudio.submission import submit
 from imagestudio.testing import batch_payload
 
-PG_DSN = os.environ.get("IMAGESTUDIO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 MODEL = "gpt-image-1"
 CONCURRENCY = 8
 SKUS = 4
@@ -176,26 +175,8 @@ def fake_provider_process(workdir: Path) -> Iterator[FakeProvider]:
 # ---------------------------------------------------------------------------- databases
 
 
-def _pg_url(database: str) -> str:
-    base = PG_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    return f"{base}/{database}"
-
-
-async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_DSN, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 def postgres_available() -> bool:
-    try:
-        asyncio.run(_pg_admin("SELECT 1"))
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"PostgreSQL unreachable ({exc}); SQLite only", file=sys.stderr)
-        return False
-    return True
+    return pg.available("SQLite only")
 
 
 @contextlib.contextmanager
@@ -206,14 +187,8 @@ def fresh_database(backend: str, workdir: Path) -> Iterator[str]:
         migrate(url)
         yield url
         return
-    name = f"imagestudio_bench_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        url = _pg_url(name)
-        migrate(url)
+    with pg.scratch_database("imagestudio_bench") as url:
         yield url
-    finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def _backend_cpu(services: Services) -> dict[int, float]:
