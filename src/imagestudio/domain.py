@@ -103,6 +103,10 @@ class JobPayload(_Open):
         return value
 
 
+# Which of a provider's limits a 429 says was hit: requests per minute, or calls in flight.
+LimitKind = Literal["requests", "concurrency"]
+
+
 @dataclass(frozen=True, slots=True)
 class RateInfo:
     """What a provider's ``x-ratelimit-*-requests`` headers said: the per-minute request

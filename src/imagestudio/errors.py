@@ -36,7 +36,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from imagestudio.domain import RateInfo
+    from imagestudio.domain import LimitKind, RateInfo
 
 
 class ImageStudioError(Exception):
@@ -110,10 +110,12 @@ class RateLimited(ProviderError):
         retry_after: float | None = None,
         status_code: int | None = 429,
         rate: RateInfo | None = None,
+        limit: LimitKind | None = None,
     ) -> None:
         super().__init__(message, status_code=status_code)
         self.retry_after = retry_after
         self.rate = rate
+        self.limit = limit  # which limit the provider said was hit, when it said
 
 
 class ProviderTimeout(ProviderError):

@@ -19,7 +19,7 @@ from imagestudio.scheduler.governor import GovernorParams
 from imagestudio.store.db import create_engine, migrate_async
 from imagestudio.store.models import Failed, Requeue, Succeeded
 from imagestudio.store.store import Store
-from imagestudio.store.tables import ai_job, ai_job_image
+from imagestudio.store.tables import ai_job, ai_job_image, provider_governor
 from imagestudio.testing import batch_payload
 
 CDN = "https://cdn.example.com"
@@ -365,5 +365,28 @@ async def test_claim_keeps_to_each_provider_keys_window(migrated: str, clock: Cl
             ("b", 1),
         ]
         assert await store.claim("w2", 10, LEASE) == []
+    finally:
+        await store.close()
+
+
+async def test_a_pinned_window_is_a_ceiling_the_learned_window_stays_under(
+    migrated: str, clock: Clock
+) -> None:
+    spec = make_spec("pinned")
+    store = Store(
+        create_engine(migrated),
+        clock=clock,
+        pins={spec.provider.api_base.rstrip("/"): (3.0, None)},
+    )
+    try:
+        await store.submit(spec, SEALED)
+        first = await store.claim("w1", 10, LEASE)
+        assert len(first) == 3  # starts at the pin, not small
+        for task in first:
+            await store.finish(task, done(task.position))
+        # The provider said no: the learned window drops under the pin, and the claim obeys it.
+        async with store.engine.begin() as conn:
+            await conn.execute(provider_governor.update().values(window=1.0))
+        assert len(await store.claim("w1", 10, LEASE)) == 1
     finally:
         await store.close()

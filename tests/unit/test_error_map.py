@@ -14,7 +14,13 @@ from imagestudio.errors import (
     QuotaExhausted,
     RateLimited,
 )
-from imagestudio.providers.error_map import classify_status, error_fields, scrub, status_error
+from imagestudio.providers.error_map import (
+    classify_status,
+    error_fields,
+    limit_kind,
+    scrub,
+    status_error,
+)
 
 
 @pytest.mark.parametrize(
@@ -89,3 +95,30 @@ def test_scrub_cuts_long_messages() -> None:
 
 def test_scrub_leaves_ordinary_words_alone() -> None:
     assert scrub("the task-force asked") == "the task-force asked"
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        (
+            "Rate limit reached for gpt-image-1 in organization org-x on requests per min (RPM): "
+            "Limit 5, Used 5, Requested 1.",
+            "requests",
+        ),
+        ("Rate limit reached on tokens per min (TPM): Limit 40000", "requests"),
+        ("Rate limit reached for dall-e-3 on images per minute (IPM)", "requests"),
+        ("Rate limit reached for gpt-image-1 on concurrent requests: Limit 8", "concurrency"),
+        ("Too many requests in flight", "concurrency"),
+        ("Too Many Requests", None),
+        ("", None),
+    ],
+)
+def test_limit_kind_reads_which_limit_a_429_names(message: str, kind: str | None) -> None:
+    assert limit_kind(message) == kind
+
+
+def test_a_429_carries_the_limit_its_message_names() -> None:
+    body = {"error": {"message": "Rate limit reached on requests per min (RPM)"}}
+    error = status_error(429, body, {})
+    assert isinstance(error, RateLimited)
+    assert error.limit == "requests"

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from imagestudio.domain import RateInfo
+from imagestudio.domain import LimitKind, RateInfo
 from imagestudio.scheduler.governor import (
     GovernorParams,
     GovernorState,
@@ -39,8 +39,11 @@ def limited(
     *,
     retry_after: float | None = 0.5,
     in_flight: int | None = None,
+    limit: LimitKind | None = None,
 ) -> GovernorState:
-    obs = Observation("rate_limited", sent_at, now, retry_after=retry_after, in_flight=in_flight)
+    obs = Observation(
+        "rate_limited", sent_at, now, retry_after=retry_after, in_flight=in_flight, limit=limit
+    )
     return observe(state, obs, P)
 
 
@@ -141,21 +144,92 @@ def test_nothing_remaining_cools_down_until_the_next_slot() -> None:
     assert state.cooldown_until == pytest.approx(11.0)  # 60 per minute: a slot a second
 
 
-def test_pinned_limits_win() -> None:
+def test_pins_start_the_key_at_them_and_stay_its_ceilings() -> None:
     state = initial_state(P, window=5, rate=2.0)
-    state = limited(state, 9.0, 10.0, in_flight=5)
-    assert state.effective_window == 5
-    assert ok(state, 11.0).effective_window == 5
+    assert state.effective_window == 5  # no slow start: the operator knows the limits
     assert state.effective_rate == 2.0
+    grown = dataclasses.replace(state, window=9.0, rate=7.0)
+    assert grown.effective_window == 5
+    assert grown.effective_rate == 2.0
+    for step in range(50):
+        state = ok(state, 10.0 + step, in_flight=5)
+    assert state.effective_window == 5
+
+
+def test_pinned_keys_still_back_off_when_the_provider_says_no() -> None:
+    state = initial_state(P, window=8, rate=4.0)
+    shrunk = limited(state, 9.0, 10.0, in_flight=8, limit="concurrency")
+    assert shrunk.effective_window == 5  # floor(8 * 0.7): the limit dropped under the pin
+    slowed = limited(state, 9.0, 10.0, in_flight=3, limit="requests")
+    assert slowed.effective_rate == pytest.approx(4.0 * P.rate_decrease)
+    assert slowed.effective_window == 8
+
+
+def test_a_request_rate_429_slows_the_pace_and_keeps_the_window() -> None:
+    state = dataclasses.replace(initial_state(P), window=12, latency=1.0)
+    state = limited(state, 9.9, 10.0, in_flight=10, limit="requests")
+    assert state.window == 12
+    assert state.rate_ceiling == pytest.approx(10.0)  # 10 in flight / 1 s: the start rate
+    assert state.rate == pytest.approx(10.0 * P.rate_decrease)
+    assert state.epoch == 10.0
+    # A second one for a call sent before the decrease is only counted.
+    assert limited(state, 9.95, 10.1, in_flight=9, limit="requests").rate == state.rate
+    # One sent after it slows the pace again, from the pace in force.
+    again = limited(state, 10.2, 10.3, in_flight=9, limit="requests")
+    assert again.rate == pytest.approx(state.rate * P.rate_decrease)
+
+
+def test_without_a_message_a_429_under_the_ceiling_is_a_rate_limit() -> None:
+    state = dataclasses.replace(initial_state(P), window=10, latency=1.0)
+    state = limited(state, 9.9, 10.0, in_flight=10)  # first one: taken as concurrency
+    assert (state.window, state.ceiling, state.rate) == (7, 10, None)
+    state = limited(state, 10.5, 10.6, in_flight=7)  # fewer in flight than before: a rate
+    assert state.window == 7
+    assert state.rate == pytest.approx(7 * P.rate_decrease)
+
+
+def test_a_learned_pace_regains_holds_then_probes() -> None:
+    state = dataclasses.replace(initial_state(P), window=30, latency=1.0)
+    state = limited(state, 9.9, 10.0, in_flight=10, limit="requests")
+    for _ in range(30):
+        state = ok(state, 11.0, in_flight=9)
+    assert state.rate == pytest.approx(10.0 * P.rate_hold_share)  # regained, held under
+    for _ in range(100):
+        state = ok(state, state.hold_until + 1, in_flight=10)
+    assert 10.0 < state.rate < 11.0  # the hold is over: probing above, slowly
+
+
+def test_a_pace_that_holds_nothing_back_is_not_grown() -> None:
+    state = dataclasses.replace(initial_state(P), window=30, latency=1.0)
+    state = limited(state, 9.9, 10.0, in_flight=10, limit="requests")
+    assert ok(state, 11.0, in_flight=2).rate == state.rate
+
+
+def test_headers_replace_a_learned_pace() -> None:
+    state = dataclasses.replace(initial_state(P), window=30, latency=1.0)
+    state = limited(state, 9.9, 10.0, in_flight=10, limit="requests")
+    state = ok(state, 11.0, rate=RateInfo(limit_requests=120))
+    assert state.rate == pytest.approx(2 * P.header_rate_share)
+    assert state.rate_ceiling is None
 
 
 def test_pace_has_no_initial_burst() -> None:
     state = dataclasses.replace(initial_state(P), rate=4.0)
     first = pace(state, 100.0, 10)
     assert first.admitted == 1
-    assert first.next_at == pytest.approx(100.25)
-    later = pace(dataclasses.replace(state, tat=first.tat), 100.25, 10)
+    assert first.next_at == pytest.approx(100.125)  # half an interval of slack, no more
+    later = pace(dataclasses.replace(state, tat=first.tat), 100.125, 10)
     assert later.admitted == 1
+    assert later.tat == pytest.approx(100.375)
+
+
+def test_a_late_start_does_not_slow_the_pace() -> None:
+    state = dataclasses.replace(initial_state(P), rate=4.0, tat=100.25)
+    late = pace(state, 100.30, 10)  # the claim came 50 ms after the slot
+    assert late.admitted == 1
+    assert late.tat == pytest.approx(100.5)  # the next slot is where it was due
+    very_late = pace(state, 101.0, 10)  # idle for a while: no burst to catch up
+    assert very_late.admitted == 1
 
 
 def test_apply_pace_walks_the_fair_order_per_key() -> None:
@@ -164,5 +238,5 @@ def test_apply_pace_walks_the_fair_order_per_key() -> None:
     candidates = [(1, "a"), (2, "a"), (3, "b"), (4, "a"), (5, "b")]
     result = apply_pace(candidates, {"a": paced, "b": free}, now=50.0, limit=4)
     assert result.ids == [1, 3, 5]
-    assert result.tats["a"] == pytest.approx(51.0)
-    assert result.wake_at == pytest.approx(51.0)
+    assert result.tats["a"] == pytest.approx(50.5)
+    assert result.wake_at == pytest.approx(50.5)

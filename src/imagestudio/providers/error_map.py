@@ -26,6 +26,7 @@ import httpx
 import httpx2
 import openai
 
+from imagestudio.domain import LimitKind
 from imagestudio.errors import (
     AuthFailed,
     ContentRejected,
@@ -103,6 +104,23 @@ def classify_status(
     return ProviderBadRequest
 
 
+_RATE_WORDS = re.compile(
+    r"per min|per minute|per second|per day|\b[rit]p[msd]\b|requests per|tokens per|images per",
+    re.IGNORECASE,
+)
+_CONCURRENCY_WORDS = re.compile(r"concurren|in flight|in-flight|parallel", re.IGNORECASE)
+
+
+def limit_kind(message: str) -> LimitKind | None:
+    """Which limit a 429's message says was hit (pure). OpenAI-style messages name it:
+    "... on requests per min (RPM): Limit 5, Used 5" or "... on concurrent requests"."""
+    if _CONCURRENCY_WORDS.search(message):
+        return "concurrency"
+    if _RATE_WORDS.search(message):
+        return "requests"
+    return None
+
+
 def status_error(
     status: int,
     body: object,
@@ -121,6 +139,7 @@ def status_error(
             retry_after=parse_retry_after(headers),
             status_code=status,
             rate=parse_rate_info(headers),
+            limit=limit_kind(detail),
         )
     if cls is ProviderTimeout:
         error = ProviderTimeout(message, sent=True)

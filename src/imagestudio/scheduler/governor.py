@@ -16,10 +16,18 @@ Three controls (docs/governor.md):
   key's usual), but is never the main signal: image calls are slow because of the prompt.
 - **Pace**: a start-rate limit (GCRA, no initial burst). When the provider sends
   ``x-ratelimit-limit-requests`` (per minute), starts are paced just under it directly.
+  Without headers, a 429 that comes from a *request-rate* limit (the provider's message says
+  so, or it came with fewer calls in flight than the window's ceiling) sets a learned pace
+  instead of shrinking W: the start rate that drew it times ``rate_decrease``, regained
+  quickly to just under that rate, held there, then probed above after the hold. A narrower
+  window would not help there: with prompt-driven latencies, a window that fits the rate on
+  average still bursts over it whenever a few short calls end together.
 - **Cooldown**: when the provider says when to come back (``retry-after``, or nothing
   remaining until the reset), nobody starts a call for that key before then.
 
-Operators may pin ``window`` and ``rate`` per key; the default is adaptive.
+Operators may pin ``window`` and ``rate`` per key: a pinned key starts there (no slow start),
+never goes above the pins, and still backs off when the provider says no. The default is
+adaptive.
 """
 
 from __future__ import annotations
@@ -29,9 +37,10 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from imagestudio.domain import RateInfo
+from imagestudio.domain import LimitKind, RateInfo
 
 UNLIMITED_REQUESTS = 10_000  # a per-minute limit this high is no limit worth pacing to
+PACE_SLACK = 0.5  # share of a pace interval a late start may catch up
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +55,10 @@ class GovernorParams:
     latency_alpha: float = 0.2
     brake_ratio: float = 3.0
     header_rate_share: float = 0.97
+    rate_decrease: float = 0.8
+    rate_hold_share: float = 0.95
+    rate_recover: float = 0.1
+    rate_probe: float = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +70,7 @@ class GovernorState:
     epoch: float = 0.0
     cooldown_until: float = 0.0
     rate: float | None = None  # starts per second; None = not paced
+    rate_ceiling: float | None = None  # the learned pace that drew the last request-rate 429
     tat: float = 0.0  # GCRA theoretical arrival time of the next start
     latency: float | None = None
     base_latency: float | None = None
@@ -66,18 +80,29 @@ class GovernorState:
 
     @property
     def effective_window(self) -> float:
-        return self.pinned_window if self.pinned_window is not None else self.window
+        return _at_most(self.window, self.pinned_window)
 
     @property
     def effective_rate(self) -> float | None:
-        return self.pinned_rate if self.pinned_rate is not None else self.rate
+        if self.rate is None:
+            return self.pinned_rate
+        return _at_most(self.rate, self.pinned_rate)
+
+
+def _at_most(value: float, cap: float | None) -> float:
+    return value if cap is None else min(value, cap)
 
 
 def initial_state(
     params: GovernorParams, *, window: float | None = None, rate: float | None = None
 ) -> GovernorState:
-    """A new key's state; ``window``/``rate`` pin it (operators who know the limits)."""
-    return GovernorState(window=params.initial_window, pinned_window=window, pinned_rate=rate)
+    """A new key's state. ``window``/``rate`` pin it (operators who know the limits): it
+    starts at the pins instead of small, and they stay its ceilings."""
+    return GovernorState(
+        window=params.initial_window if window is None else window,
+        pinned_window=window,
+        pinned_rate=rate,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +116,7 @@ class Observation:
     retry_after: float | None = None
     rate: RateInfo | None = None
     in_flight: int | None = None  # the key's running tasks when the call ended, this one too
+    limit: LimitKind | None = None  # which limit a 429 says it hit, when it says
 
 
 def observe(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
@@ -107,34 +133,62 @@ def _from_headers(state: GovernorState, obs: Observation, params: GovernorParams
     info = obs.rate
     if info is None:
         return state
-    rate = state.rate
+    rate, learned = state.rate, state.rate_ceiling
     if info.limit_requests is not None:
         per_minute = info.limit_requests
         rate = (
             None if per_minute >= UNLIMITED_REQUESTS else per_minute / 60 * params.header_rate_share
         )
+        learned = None  # the provider said it: nothing to learn
     cooldown = state.cooldown_until
     if info.remaining_requests == 0 and info.reset_requests is not None:
         next_slot = 60 / info.limit_requests if info.limit_requests else info.reset_requests
         cooldown = max(cooldown, obs.now + min(info.reset_requests, next_slot))
-    return dataclasses.replace(state, rate=rate, cooldown_until=cooldown)
+    return dataclasses.replace(state, rate=rate, rate_ceiling=learned, cooldown_until=cooldown)
 
 
 def _on_success(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
     latency, base = _latencies(state, obs, params)
     state = dataclasses.replace(state, latency=latency, base_latency=base)
-    braking = latency is not None and base is not None and latency > params.brake_ratio * base
+    if latency is not None and base is not None and latency > params.brake_ratio * base:
+        return state  # calls take far longer than usual: no growth
+    state = _grow_window(state, obs, params)
+    if obs.rate is None or obs.rate.limit_requests is None:
+        state = _grow_rate(state, obs, params)
+    return state
+
+
+def _grow_window(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
     # Grow only when the window is in use: a key with little work must not bank a window
     # it has never tried (it would burst into 429s later).
-    idle = obs.in_flight is not None and obs.in_flight < state.window - 1
-    if state.pinned_window is not None or braking or idle:
+    if obs.in_flight is not None and obs.in_flight < state.window - 1:
         return state
     window = state.window
     grown = window + 1 if state.ssthresh is None or window < state.ssthresh else window + 1 / window
-    cap = params.max_window
+    cap = _at_most(params.max_window, state.pinned_window)
     if state.ceiling is not None and obs.now < state.hold_until:
-        cap = max(params.min_window, state.ceiling - 1)
+        cap = min(cap, max(params.min_window, state.ceiling - 1))
     return dataclasses.replace(state, window=max(window, min(grown, cap)))
+
+
+def _grow_rate(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
+    """Regain a learned pace: quickly up to just under the rate that drew the last 429, held
+    there until the hold ends, then probing slowly above it. Grown per success, so by a
+    share of the rate per round trip (``rate * latency`` successes)."""
+    rate, ceiling = state.rate, state.rate_ceiling
+    if rate is None or ceiling is None or state.latency is None:
+        return state
+    per_round_trip = max(1.0, rate * state.latency)
+    if obs.in_flight is not None and obs.in_flight < 0.75 * per_round_trip:
+        return state  # the pace is not what holds the key back: do not bank it
+    below = params.rate_hold_share * ceiling
+    if rate < below:
+        grown = min(below, rate + params.rate_recover * ceiling / per_round_trip)
+    elif obs.now < state.hold_until:
+        grown = rate
+    else:
+        grown = rate + params.rate_probe * rate / per_round_trip
+    return dataclasses.replace(state, rate=_at_most(grown, state.pinned_rate))
 
 
 def _latencies(
@@ -158,6 +212,17 @@ def _hold(state: GovernorState, now: float, params: GovernorParams) -> float:
     return now + max(params.min_hold_seconds, params.hold_round_trips * round_trip)
 
 
+def limit_hit(state: GovernorState, obs: Observation) -> LimitKind:
+    """Which limit a 429 hit: what the provider said, else ``requests`` when it came with
+    fewer calls in flight than the window's ceiling (more were fine before, so it is not the
+    number in flight), else ``concurrency``."""
+    if obs.limit is not None:
+        return obs.limit
+    if state.ceiling is not None and obs.in_flight is not None and obs.in_flight < state.ceiling:
+        return "requests"
+    return "concurrency"
+
+
 def _on_rate_limited(
     state: GovernorState, obs: Observation, params: GovernorParams
 ) -> GovernorState:
@@ -165,9 +230,43 @@ def _on_rate_limited(
     if obs.retry_after:
         cooldown = max(cooldown, obs.now + obs.retry_after)
     state = dataclasses.replace(state, rate_limited=state.rate_limited + 1, cooldown_until=cooldown)
-    if obs.sent_at < state.epoch or state.pinned_window is not None:
+    if obs.sent_at < state.epoch:
         return state  # sent before the last decrease: already acted on
-    ceiling = state.window if obs.in_flight is None else min(state.window, obs.in_flight)
+    if limit_hit(state, obs) == "requests":
+        if obs.rate is not None and obs.rate.limit_requests is not None:
+            return state  # paced from the headers already; the cooldown does the rest
+        started = _start_rate(state, obs)
+        if started is not None:
+            return _slow_pace(state, started, obs.now, params)
+    return _shrink_window(state, obs, params)
+
+
+def _start_rate(state: GovernorState, obs: Observation) -> float | None:
+    """Starts per second when the 429 came: the pace if there is one, else the calls in
+    flight over the usual latency (Little's law)."""
+    paced = state.effective_rate
+    if paced is not None:
+        return paced
+    if obs.in_flight is None or not state.latency:
+        return None
+    return obs.in_flight / state.latency
+
+
+def _slow_pace(
+    state: GovernorState, started: float, now: float, params: GovernorParams
+) -> GovernorState:
+    return dataclasses.replace(
+        state,
+        rate=started * params.rate_decrease,
+        rate_ceiling=started,
+        hold_until=_hold(state, now, params),
+        epoch=now,
+    )
+
+
+def _shrink_window(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
+    in_use = state.effective_window
+    ceiling = in_use if obs.in_flight is None else min(in_use, obs.in_flight)
     window = max(params.min_window, math.floor(ceiling * params.decrease))
     return dataclasses.replace(
         state,
@@ -182,11 +281,12 @@ def _on_rate_limited(
 def _on_backpressure(
     state: GovernorState, obs: Observation, params: GovernorParams
 ) -> GovernorState:
-    if obs.sent_at < state.epoch or state.pinned_window is not None:
+    if obs.sent_at < state.epoch:
         return state
-    window = max(params.min_window, state.window * params.backpressure_decrease)
+    in_use = state.effective_window
+    window = max(params.min_window, in_use * params.backpressure_decrease)
     # Keep the slow-start threshold where the window was: random 5xx must cost little.
-    ssthresh = max(state.window, state.ssthresh or 0.0)
+    ssthresh = max(in_use, state.ssthresh or 0.0)
     return dataclasses.replace(state, window=window, ssthresh=ssthresh, epoch=obs.now)
 
 
@@ -205,7 +305,10 @@ def pace(state: GovernorState, now: float, wanted: int) -> Paced:
     if rate is None or rate <= 0:
         return Paced(wanted, state.tat, None)
     interval = 1 / rate
-    tat = max(state.tat, now)
+    # A start that comes a little late (the claim loop wakes, then claims) keeps its slot:
+    # up to half an interval is caught up, so lateness does not pile up into a slower pace,
+    # and a fresh pacer still admits one start, not a burst.
+    tat = max(state.tat, now - interval * PACE_SLACK)
     admitted = 0
     while admitted < wanted and tat <= now + 1e-9:
         admitted += 1

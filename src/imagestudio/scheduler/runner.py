@@ -57,7 +57,12 @@ def governor_observation(error: ProviderError, sent_at: float, now: float) -> Ob
     """What a failed call tells the governor: a 429, back-pressure, or nothing about load."""
     if isinstance(error, RateLimited):
         return Observation(
-            "rate_limited", sent_at, now, retry_after=error.retry_after, rate=error.rate
+            "rate_limited",
+            sent_at,
+            now,
+            retry_after=error.retry_after,
+            rate=error.rate,
+            limit=error.limit,
         )
     if isinstance(error, ProviderUnavailable | ProviderTimeout):
         return Observation("backpressure", sent_at, now)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, false, func, or_, select
+from sqlalchemy import case, exists, false, func, or_, select
 
 from imagestudio.domain import ImageStatus, JobStatus
 from imagestudio.store.tables import ai_job, ai_job_image, provider_governor
@@ -144,7 +144,11 @@ def _within_windows(ranked: Any, now: datetime, limit: int, initial_window: floa
     key_turn = func.coalesce(key_running.c.n, 0) + func.row_number().over(
         partition_by=ranked.c.provider_key, order_by=order
     )
-    window = func.coalesce(gov.c.pinned_window, gov.c.window, initial_window)
+    # The learned window, never above an operator's pin (GovernorState.effective_window).
+    pinned_lower = gov.c.pinned_window < gov.c.window
+    window = func.coalesce(
+        case((pinned_lower, gov.c.pinned_window), else_=gov.c.window), initial_window
+    )
     keyed = (
         select(ranked, key_turn.label("key_turn"), window.label("key_window"))
         .select_from(

@@ -181,6 +181,7 @@ provider_governor = Table(
     Column("epoch", Float, nullable=False, server_default="0"),
     Column("cooldown_until", Float, nullable=False, server_default="0"),
     Column("rate", Float),
+    Column("rate_ceiling", Float),
     Column("tat", Float, nullable=False, server_default="0"),
     Column("latency", Float),
     Column("base_latency", Float),
