@@ -13,6 +13,10 @@ before a user who holds every slot, and within a user, jobs take turns. This is 
 robin with a quantum of one task, computed in one query (window functions, SQLite >= 3.25 and
 PostgreSQL alike).
 
+The statement is built once per initial window and cached (``claim_candidates``); ``now`` and
+the row limit are bound at execution (``claim_params``). Building it takes longer than running
+it, so it must not be rebuilt for every claim.
+
 Callers serialize claims (PostgreSQL: a transaction-level advisory lock; SQLite: ``BEGIN
 IMMEDIATE``), so the counts the query reads cannot change under it and the limits are global
 across every worker process and machine.
@@ -20,10 +24,11 @@ across every worker process and machine.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, exists, false, func, or_, select
+from sqlalchemy import Float, Integer, bindparam, case, exists, false, func, or_, select
 
 from imagestudio.domain import ImageStatus, JobStatus
 from imagestudio.store.tables import ai_job, ai_job_image, provider_governor
@@ -32,10 +37,17 @@ QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
 CLAIM_LOCK_KEY = 7_320_114_901  # pg_advisory_xact_lock key for claims
 
 
-def claim_candidates(now: datetime, limit: int, *, initial_window: float = 4.0) -> Any:
-    """``SELECT id, provider_key ... ORDER BY turn LIMIT limit``: the tasks to start, fairest
-    first, within each provider key's window W and outside its cooldown."""
+def claim_params(now: datetime, limit: int) -> dict[str, Any]:
+    """The values ``claim_candidates``' statement is executed with."""
+    return {"now": now, "now_ts": now.timestamp(), "limit": limit}
+
+
+@functools.cache
+def claim_candidates(initial_window: float = 4.0) -> Any:
+    """``SELECT id, provider_key ... ORDER BY turn LIMIT :limit``: the tasks to start at
+    ``:now``, fairest first, within each provider key's window W and outside its cooldown."""
     img, job = ai_job_image, ai_job
+    now = bindparam("now", type_=img.c.run_after.type)
     running = ai_job_image.alias("running")
     job_running = (
         select(running.c.job_pk, func.count().label("n"))
@@ -113,7 +125,7 @@ def claim_candidates(now: datetime, limit: int, *, initial_window: float = 4.0) 
         .where(or_(base.c.max_concurrency.is_(None), base.c.job_turn <= base.c.max_concurrency))
         .subquery("ranked")
     )
-    return _within_windows(ranked, now, limit, initial_window)
+    return _within_windows(ranked, initial_window)
 
 
 def fair_order(t: Any) -> tuple[Any, ...]:
@@ -129,7 +141,7 @@ def fair_order(t: Any) -> tuple[Any, ...]:
     )
 
 
-def _within_windows(ranked: Any, now: datetime, limit: int, initial_window: float) -> Any:
+def _within_windows(ranked: Any, initial_window: float) -> Any:
     """Keep the candidates that fit their provider key's window and are out of cooldown."""
     running, running_job = ai_job_image.alias("k_running"), ai_job.alias("k_job")
     key_running = (  # a task holds its key's slot until its provider call ends
@@ -156,12 +168,12 @@ def _within_windows(ranked: Any, now: datetime, limit: int, initial_window: floa
                 key_running, key_running.c.provider_key == ranked.c.provider_key
             ).outerjoin(gov, gov.c.key == ranked.c.provider_key)
         )
-        .where(func.coalesce(gov.c.cooldown_until, 0.0) <= now.timestamp())
+        .where(func.coalesce(gov.c.cooldown_until, 0.0) <= bindparam("now_ts", type_=Float))
         .subquery("keyed")
     )
     return (
         select(keyed.c.id, keyed.c.provider_key)
         .where(keyed.c.key_turn <= keyed.c.key_window)
         .order_by(*fair_order(keyed))
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
     )

@@ -29,7 +29,7 @@ from imagestudio.domain import (
 from imagestudio.errors import ApiKeyRequired, JobConflict, JobNotFound, LeaseLost
 from imagestudio.scheduler.governor import GovernorParams, GovernorState, Observation, observe
 from imagestudio.store import governors
-from imagestudio.store.claim_sql import CLAIM_LOCK_KEY, claim_candidates
+from imagestudio.store.claim_sql import CLAIM_LOCK_KEY, claim_candidates, claim_params
 from imagestudio.store.models import (
     AttemptRecord,
     Claim,
@@ -311,8 +311,9 @@ class Store:
     async def _admit(
         self, conn: AsyncConnection, now: datetime, limit: int
     ) -> tuple[list[int], float | None]:
-        query = claim_candidates(now, limit * 3 + 8, initial_window=self.governor.initial_window)
-        candidates = [(int(r[0]), str(r[1])) for r in (await conn.execute(query)).all()]
+        query = claim_candidates(self.governor.initial_window)
+        found = await conn.execute(query, claim_params(now, limit * 3 + 8))
+        candidates = [(int(r[0]), str(r[1])) for r in found.all()]
         states = await governors.load(conn, {key for _, key in candidates}, lock=True)
         paced = governors.apply_pace(candidates, states, now.timestamp(), limit)
         for key, tat in paced.tats.items():
