@@ -165,18 +165,27 @@ def test_pinned_keys_still_back_off_when_the_provider_says_no() -> None:
     assert slowed.effective_window == 8
 
 
-def test_a_request_rate_429_slows_the_pace_and_keeps_the_window() -> None:
+def test_a_first_request_rate_429_paces_at_half_the_estimated_start_rate() -> None:
     state = dataclasses.replace(initial_state(P), window=12, latency=1.0)
     state = limited(state, 9.9, 10.0, in_flight=10, limit="requests")
-    assert state.window == 12
-    assert state.rate_ceiling == pytest.approx(10.0)  # 10 in flight / 1 s: the start rate
-    assert state.rate == pytest.approx(10.0 * P.rate_decrease)
+    assert state.window == 12  # the window is not what the provider limits
+    # 10 in flight / 1 s = 10 starts a second, of which a bursting limit may allow half.
+    assert state.rate == pytest.approx(10.0 * P.first_rate_share)
+    assert state.rate_ceiling is None
     assert state.epoch == 10.0
     # A second one for a call sent before the decrease is only counted.
     assert limited(state, 9.95, 10.1, in_flight=9, limit="requests").rate == state.rate
-    # One sent after it slows the pace again, from the pace in force.
+    # One sent after it: the pace in force drew it, so it is the ceiling.
     again = limited(state, 10.2, 10.3, in_flight=9, limit="requests")
-    assert again.rate == pytest.approx(state.rate * P.rate_decrease)
+    assert again.rate_ceiling == pytest.approx(5.0)
+    assert again.rate == pytest.approx(5.0 * P.rate_decrease)
+
+
+def test_a_first_pace_grows_until_a_429_sets_its_ceiling() -> None:
+    state = dataclasses.replace(initial_state(P), window=30, latency=1.0, rate=5.0)
+    for _ in range(10):  # about two round trips at 5 a second
+        state = ok(state, 11.0, in_flight=6)
+    assert 5.9 < state.rate < 6.3  # 10% a round trip
 
 
 def test_without_a_message_a_429_under_the_ceiling_is_a_rate_limit() -> None:
@@ -185,12 +194,13 @@ def test_without_a_message_a_429_under_the_ceiling_is_a_rate_limit() -> None:
     assert (state.window, state.ceiling, state.rate) == (7, 10, None)
     state = limited(state, 10.5, 10.6, in_flight=7)  # fewer in flight than before: a rate
     assert state.window == 7
-    assert state.rate == pytest.approx(7 * P.rate_decrease)
+    assert state.rate == pytest.approx(7 * P.first_rate_share)
 
 
 def test_a_learned_pace_regains_holds_then_probes() -> None:
-    state = dataclasses.replace(initial_state(P), window=30, latency=1.0)
+    state = dataclasses.replace(initial_state(P), window=30, latency=1.0, rate=10.0)
     state = limited(state, 9.9, 10.0, in_flight=10, limit="requests")
+    assert state.rate == pytest.approx(10.0 * P.rate_decrease)
     for _ in range(30):
         state = ok(state, 11.0, in_flight=9)
     assert state.rate == pytest.approx(10.0 * P.rate_hold_share)  # regained, held under

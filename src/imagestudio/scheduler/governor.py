@@ -59,6 +59,7 @@ class GovernorParams:
     rate_hold_share: float = 0.95
     rate_recover: float = 0.1
     rate_probe: float = 0.01
+    first_rate_share: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,18 +173,21 @@ def _grow_window(state: GovernorState, obs: Observation, params: GovernorParams)
 
 
 def _grow_rate(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
-    """Regain a learned pace: quickly up to just under the rate that drew the last 429, held
-    there until the hold ends, then probing slowly above it. Grown per success, so by a
-    share of the rate per round trip (``rate * latency`` successes)."""
+    """Grow a learned pace, per success, so by a share of the rate per round trip
+    (``rate * latency`` successes): with no ceiling yet, by ``rate_recover``; under the
+    ceiling, quickly back to just under it; at it, not during the hold; after the hold,
+    probing slowly above it."""
     rate, ceiling = state.rate, state.rate_ceiling
-    if rate is None or ceiling is None or state.latency is None:
+    if rate is None or state.latency is None:
         return state
     per_round_trip = max(1.0, rate * state.latency)
     if obs.in_flight is not None and obs.in_flight < 0.75 * per_round_trip:
         return state  # the pace is not what holds the key back: do not bank it
-    below = params.rate_hold_share * ceiling
-    if rate < below:
-        grown = min(below, rate + params.rate_recover * ceiling / per_round_trip)
+    if ceiling is None:
+        grown = rate + params.rate_recover * rate / per_round_trip
+    elif rate < params.rate_hold_share * ceiling:
+        step = params.rate_recover * ceiling / per_round_trip
+        grown = min(params.rate_hold_share * ceiling, rate + step)
     elif obs.now < state.hold_until:
         grown = rate
     else:
@@ -235,32 +239,36 @@ def _on_rate_limited(
     if limit_hit(state, obs) == "requests":
         if obs.rate is not None and obs.rate.limit_requests is not None:
             return state  # paced from the headers already; the cooldown does the rest
-        started = _start_rate(state, obs)
-        if started is not None:
-            return _slow_pace(state, started, obs.now, params)
+        paced = state.effective_rate
+        if paced is not None:
+            return _slow_pace(state, paced, obs.now, params)
+        if obs.in_flight is not None and state.latency:
+            return _first_pace(state, obs.in_flight / state.latency, obs.now, params)
     return _shrink_window(state, obs, params)
 
 
-def _start_rate(state: GovernorState, obs: Observation) -> float | None:
-    """Starts per second when the 429 came: the pace if there is one, else the calls in
-    flight over the usual latency (Little's law)."""
-    paced = state.effective_rate
-    if paced is not None:
-        return paced
-    if obs.in_flight is None or not state.latency:
-        return None
-    return obs.in_flight / state.latency
-
-
 def _slow_pace(
-    state: GovernorState, started: float, now: float, params: GovernorParams
+    state: GovernorState, paced: float, now: float, params: GovernorParams
 ) -> GovernorState:
+    """A pace that drew a 429: it is the new ceiling, and the pace drops under it."""
     return dataclasses.replace(
         state,
-        rate=started * params.rate_decrease,
-        rate_ceiling=started,
+        rate=paced * params.rate_decrease,
+        rate_ceiling=paced,
         hold_until=_hold(state, now, params),
         epoch=now,
+    )
+
+
+def _first_pace(
+    state: GovernorState, started: float, now: float, params: GovernorParams
+) -> GovernorState:
+    """The first request-rate 429, before any pace: the start rate is only estimated (calls
+    in flight over the latency, Little's law), and a rate limit that allows bursts lets
+    through up to about twice its rate before it says no. So the pace starts at half the
+    estimate, with no ceiling yet: it grows from there until the next 429 sets one."""
+    return dataclasses.replace(
+        state, rate=started * params.first_rate_share, rate_ceiling=None, epoch=now
     )
 
 
