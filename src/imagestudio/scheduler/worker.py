@@ -84,9 +84,8 @@ class Worker:
         log.info("worker started", worker=self.id, concurrency=self.config.concurrency)
         try:
             while not stop.is_set():
-                claimed, wake_at = await self._fill()
-                if not claimed:
-                    await self._idle(stop, wake_at)
+                _, wake_at = await self._fill()
+                await self._idle(stop, wake_at)
         finally:
             await self._drain()
             heartbeat.cancel()
@@ -97,11 +96,12 @@ class Worker:
     async def run_until_idle(self, settle: float = 0.05) -> None:
         """Burst mode for tests and benchmarks: return when nothing is runnable or running."""
         heartbeat = asyncio.create_task(self._heartbeat_loop())
+        never = asyncio.Event()
         try:
             while True:
                 claimed, wake_at = await self._fill()
                 if claimed or self._inflight:
-                    await self._wait_for_slot(wake_at)
+                    await self._idle(never, wake_at)
                     continue
                 if not await self.store.has_pending():
                     return
@@ -113,6 +113,10 @@ class Worker:
 
     async def _fill(self) -> tuple[int, float | None]:
         """Claim into the free slots; returns how many, and when to try again if held back."""
+        # Cleared before the claim, not after it: a slot that frees while the claim runs
+        # must wake the next one at once, not wait for another call to end.
+        self.wakeup.clear()
+        self._slot_freed.clear()
         free = self.config.concurrency - len(self._inflight)
         if free <= 0:
             return 0, None
@@ -144,7 +148,12 @@ class Worker:
             self._slot_freed.set()
 
     async def _idle(self, stop: asyncio.Event, wake_at: float | None) -> None:
-        waiters = [asyncio.ensure_future(e.wait()) for e in (stop, self.wakeup, self._slot_freed)]
+        """Wait for a freed slot, a new job, a held-back task coming due or ``stop``; returns
+        at once if one of them happened since the last claim began."""
+        events = (stop, self.wakeup, self._slot_freed)
+        if any(event.is_set() for event in events):
+            return
+        waiters = [asyncio.ensure_future(event.wait()) for event in events]
         try:
             await asyncio.wait(
                 waiters,
@@ -154,16 +163,6 @@ class Worker:
         finally:
             for waiter in waiters:
                 waiter.cancel()
-        self.wakeup.clear()
-        self._slot_freed.clear()
-
-    async def _wait_for_slot(self, wake_at: float | None) -> None:
-        if not self._inflight:
-            return
-        self._slot_freed.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_until(wake_at, self.config.poll_interval)):
-                await self._slot_freed.wait()
 
     async def _heartbeat_loop(self) -> None:
         while True:
