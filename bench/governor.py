@@ -84,7 +84,7 @@ from imagestudio.testing import batch_payload
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 OUT = OUT_DIR / "governor.md"
-SKU_SIZES = (3, 5, 7, 5)  # images per SKU, repeated: 30 SKUs for 150 images
+SKU_SIZES = (3, 5, 7, 5)  # images per SKU, repeated: 80 SKUs for 400 images
 WORKER_SLOTS = 64  # imagestudio's slots: large, so the governor is what limits
 TERMINAL = {"succeeded", "partially_failed", "failed", "cancelled"}
 LABELS = {**SCHEMES, "told": "imagestudio, told", "adaptive": "imagestudio, not told"}
@@ -1183,8 +1183,8 @@ def verdict_lines(items: Sequence[tuple[str, bool, str]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="python -m bench.governor", description=__doc__)
-    parser.add_argument("--images", type=int, default=150, help="images per scenario run")
-    parser.add_argument("--latency", type=float, default=1.0, help="mean call latency, s")
+    parser.add_argument("--images", type=int, default=400, help="images per scenario run")
+    parser.add_argument("--latency", type=float, default=2.0, help="mean call latency, s")
     parser.add_argument("--serial-images", type=int, default=30, help="scheme C's prefix")
     parser.add_argument("--only", nargs="*", help="scenario slugs to run (default: all)")
     parser.add_argument(

@@ -95,6 +95,19 @@ def test_grows_back_under_the_ceiling_then_holds_then_probes() -> None:
     assert state.window < 20
 
 
+def test_a_probe_that_finds_the_same_ceiling_goes_back_just_under_it() -> None:
+    state = dataclasses.replace(initial_state(P), window=10, latency=1.0)
+    state = limited(state, 9.9, 10.0, in_flight=10, limit="concurrency")
+    assert (state.window, state.ceiling) == (7, 10)
+    probing = dataclasses.replace(state, window=10.5)  # grown past the ceiling after the hold
+    after = limited(probing, 40.0, 40.1, in_flight=10, limit="concurrency")
+    assert (after.window, after.ceiling) == (9, 10)  # no multiplicative cut: the limit held
+    assert after.hold_until > 40.1
+    # Under the ceiling the limit has dropped: the multiplicative cut applies.
+    dropped = limited(probing, 40.0, 40.1, in_flight=6, limit="concurrency")
+    assert (dropped.window, dropped.ceiling) == (4, 6)
+
+
 def test_a_429_sets_a_cooldown_for_everyone() -> None:
     state = limited(initial_state(P), 9.0, 10.0, retry_after=2.5)
     assert state.cooldown_until == 12.5

@@ -275,7 +275,13 @@ def _first_pace(
 def _shrink_window(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
     in_use = state.effective_window
     ceiling = in_use if obs.in_flight is None else min(in_use, obs.in_flight)
-    window = max(params.min_window, math.floor(ceiling * params.decrease))
+    if state.ceiling is not None and ceiling >= state.ceiling > params.min_window:
+        # A probe at or above the known ceiling: the limit is where it was, so back to just
+        # under it, with no multiplicative cut (the cut is for a limit not yet known).
+        window = state.ceiling - 1
+        ceiling = state.ceiling
+    else:
+        window = max(params.min_window, math.floor(ceiling * params.decrease))
     return dataclasses.replace(
         state,
         window=window,
