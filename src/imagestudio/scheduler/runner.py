@@ -7,11 +7,12 @@ policy; the store's fencing makes a stale attempt's result a no-op.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -114,14 +115,36 @@ class RunHooks:
 
 
 class ProviderPool:
-    """Provider clients kept per provider key, so connections are reused across tasks."""
+    """Provider clients kept per provider key, so connections are reused across tasks.
+
+    At most ``size`` are kept; the least recently used one is evicted beyond that. A client
+    is closed only once no task uses it: an evicted client that still has a call in flight
+    is closed when that call's task lets go of it (``lease``).
+    """
 
     def __init__(self, box: SecretBox, store: Store, timeout: float, size: int = 64) -> None:
         self._box, self._store, self._timeout, self._size = box, store, timeout, size
         self._providers: OrderedDict[str, ImageProvider] = OrderedDict()
+        self._users: Counter[int] = Counter()  # tasks holding each client, by id()
+        self._evicted: dict[int, ImageProvider] = {}
         self._lock = asyncio.Lock()
 
-    async def get(self, task: ClaimedTask) -> ImageProvider:
+    @contextlib.asynccontextmanager
+    async def lease(self, task: ClaimedTask) -> AsyncIterator[ImageProvider]:
+        """The task's provider client, kept open until the block ends."""
+        provider = await self._get(task)
+        self._users[id(provider)] += 1
+        try:
+            yield provider
+        finally:
+            self._users[id(provider)] -= 1
+            if not self._users[id(provider)]:
+                del self._users[id(provider)]
+                retired = self._evicted.pop(id(provider), None)
+                if retired is not None:
+                    await retired.aclose()
+
+    async def _get(self, task: ClaimedTask) -> ImageProvider:
         key = f"{task.job.provider_key}:{task.job.api_style}"
         if key in self._providers:
             self._providers.move_to_end(key)
@@ -146,10 +169,22 @@ class ProviderPool:
         self._providers[key] = make_provider(config)
         if len(self._providers) > self._size:
             _, oldest = self._providers.popitem(last=False)
-            await oldest.aclose()
+            await self._retire(oldest)
+
+    async def _retire(self, provider: ImageProvider) -> None:
+        if self._users[id(provider)]:
+            self._evicted[id(provider)] = provider  # closed when its last task lets go
+        else:
+            await provider.aclose()
+
+    @property
+    def open_clients(self) -> int:
+        """Clients not closed yet: kept ones, and evicted ones still in use."""
+        return len(self._providers) + len(self._evicted)
 
     async def aclose(self) -> None:
-        providers, self._providers = list(self._providers.values()), OrderedDict()
+        providers = [*self._providers.values(), *self._evicted.values()]
+        self._providers, self._evicted = OrderedDict(), {}
         for provider in providers:
             await provider.aclose()
 
@@ -214,19 +249,19 @@ class TaskRunner:
         prepared = await asyncio.to_thread(
             prepare_source, source.data, source.filename, max_pixels=self.config.max_pixels
         )
-        provider = await self.providers.get(task)
-        if not await self.store.still_held(task):  # cancelled while the source was fetched
-            raise LeaseLost("the task was cancelled or taken over before the provider call")
         request = ImageRequest(
             prompt=task.prompt,
             model=job.model,
             size=provider_size(job.model, job.output.width, job.output.height),
             source=prepared,
         )
-        try:
-            raw = await self._call(task, provider, request)
-        finally:
-            on_call_done()
+        async with self.providers.lease(task) as provider:
+            if not await self.store.still_held(task):  # cancelled while the source was fetched
+                raise LeaseLost("the task was cancelled or taken over before the provider call")
+            try:
+                raw = await self._call(task, provider, request)
+            finally:
+                on_call_done()
         data = await asyncio.to_thread(
             postprocess, raw, job.output, max_pixels=self.config.max_pixels
         )
