@@ -60,6 +60,7 @@ class GovernorParams:
     rate_recover: float = 0.1
     rate_probe: float = 0.01
     first_rate_share: float = 0.5
+    pace_in_use: float = 0.75
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +182,7 @@ def _grow_rate(state: GovernorState, obs: Observation, params: GovernorParams) -
     if rate is None or state.latency is None:
         return state
     per_round_trip = max(1.0, rate * state.latency)
-    if obs.in_flight is not None and obs.in_flight < 0.75 * per_round_trip:
+    if obs.in_flight is not None and obs.in_flight < params.pace_in_use * per_round_trip:
         return state  # the pace is not what holds the key back: do not bank it
     if ceiling is None:
         grown = rate + params.rate_recover * rate / per_round_trip
