@@ -25,7 +25,6 @@ import contextlib
 import os
 import random
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,13 @@ import asyncpg
 import httpx
 
 from imagestudio.background_server import BackgroundServer
+from imagestudio.fleet import (
+    WorkerFleet,
+    calls_per_image,
+    pg_restart_enabled,
+    restart_postgresql,
+    worker_env,
+)
 from imagestudio.providers.fake_server import (
     FakeProviderConfig,
     create_fake_provider_app,
@@ -56,8 +62,6 @@ PG_DSN = os.environ.get("IMAGESTUDIO_BENCH_PG", "postgresql://postgres@127.0.0.1
 OUT = Path(__file__).resolve().parent / "out" / "chaos.md"
 TEMP_PREFIX = ".tmp-"  # the local storage's in-progress writes
 USERS = (("alice", "sk-chaos-alice-0001"), ("bob", "sk-chaos-bob-0002"))
-PG_RESTART_TIMEOUT = 60.0
-WINDOW_SLACK = 0.05  # seconds between a worker's clock and the provider's (one machine)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,181 +95,15 @@ def _skus(count: int) -> tuple[int, ...]:
 # ------------------------------------------------------------------------ worker processes
 
 
-def worker_env(settings: Settings, config: ChaosConfig) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESTUDIO_")}
-    env.update(
-        IMAGESTUDIO_DATABASE_URL=settings.effective_database_url,
-        IMAGESTUDIO_DATA_DIR=str(settings.data_dir.resolve()),
-        IMAGESTUDIO_ALLOW_PRIVATE_URLS="127.0.0.1",
-        IMAGESTUDIO_LEASE_SECONDS=str(config.lease_seconds),
-        IMAGESTUDIO_POLL_INTERVAL="0.1",
-        IMAGESTUDIO_BACKOFF_BASE_SECONDS="0.05",
-        IMAGESTUDIO_BACKOFF_MAX_SECONDS="0.5",
-        IMAGESTUDIO_MAX_ATTEMPTS=str(config.max_attempts),
+def chaos_worker_env(settings: Settings, config: ChaosConfig) -> dict[str, str]:
+    return worker_env(
+        settings,
+        LEASE_SECONDS=str(config.lease_seconds),
+        POLL_INTERVAL="0.1",
+        BACKOFF_BASE_SECONDS="0.05",
+        BACKOFF_MAX_SECONDS="0.5",
+        MAX_ATTEMPTS=str(config.max_attempts),
     )
-    return env
-
-
-def console_script() -> str:
-    beside = Path(sys.executable).with_name("imagestudio")
-    if not beside.exists():
-        raise RuntimeError(
-            f"the imagestudio console script is not installed beside {sys.executable}"
-        )
-    return str(beside)
-
-
-@dataclass
-class Slot:
-    """One of the N worker places; a killed worker is replaced in the same slot."""
-
-    index: int
-    proc: asyncio.subprocess.Process | None = None
-    log: Path | None = None
-    generation: int = 0
-    up_since: float | None = None  # when it logged ``worker started`` (it claims from then)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    def poll_started(self) -> None:
-        if self.up_since is None and self.alive() and self.log is not None:
-            if "worker started" in self.log.read_text(encoding="utf-8", errors="replace"):
-                self.up_since = time.monotonic()
-
-
-@dataclass
-class WorkerFleet:
-    """N ``imagestudio worker`` subprocesses kept alive: killed ones and ones that exit on
-    their own (say, started while PostgreSQL was down) are replaced.
-
-    Only a worker that has been up ``min_uptime`` may be killed, and never the last one up:
-    where a worker takes seconds to start, killing every second or two would otherwise kill
-    each one as soon as it came up, and prove nothing.
-    """
-
-    env: dict[str, str]
-    logs: Path
-    count: int
-    concurrency: int
-    min_uptime: float = 0.5
-    slots: list[Slot] = field(default_factory=list)
-    kills: int = 0
-    killed_pids: set[int] = field(default_factory=set)
-    boot_exits: list[str] = field(default_factory=list)  # exited before it started working
-    crashes: list[str] = field(default_factory=list)  # exited on its own while working
-
-    async def start(self) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.slots = [Slot(i) for i in range(self.count)]
-        for slot in self.slots:
-            await self._spawn(slot)
-
-    async def _spawn(self, slot: Slot) -> None:
-        slot.generation += 1
-        slot.up_since = None
-        slot.log = self.logs / f"worker-{slot.index}-{slot.generation}.log"
-        with slot.log.open("wb") as sink:
-            slot.proc = await asyncio.create_subprocess_exec(
-                console_script(),
-                "worker",
-                "--concurrency",
-                str(self.concurrency),
-                env=self.env,
-                cwd=self.logs,  # no stray .env file
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=sink,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-
-    def killable(self) -> list[Slot]:
-        now = time.monotonic()
-        for slot in self.slots:
-            slot.poll_started()
-        up = [s for s in self.slots if s.alive() and s.up_since is not None]
-        if len(up) < 2:
-            return []
-        return [s for s in up if s.up_since is not None and now - s.up_since >= self.min_uptime]
-
-    async def kill_one(self, rng: random.Random) -> bool:
-        """SIGKILL a random killable worker and start its replacement; False if none is."""
-        candidates = self.killable()
-        if not candidates:
-            return False
-        slot = rng.choice(candidates)
-        assert slot.proc is not None
-        slot.proc.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(slot.proc.wait(), 10)
-        self.kills += 1
-        self.killed_pids.add(slot.proc.pid)
-        await self._spawn(slot)
-        return True
-
-    async def replace_exited(self) -> None:
-        for slot in self.slots:
-            if slot.proc is not None and slot.proc.returncode is not None:
-                where = self.crashes if slot.up_since is not None else self.boot_exits
-                where.append(f"worker {slot.index}.{slot.generation} exit {slot.proc.returncode}")
-                await self._spawn(slot)
-
-    def log_tails(self, chars: int = 1500) -> str:
-        tails = []
-        for slot in self.slots:
-            if slot.log is not None and slot.log.exists():
-                text = slot.log.read_text(encoding="utf-8", errors="replace")[-chars:]
-                tails.append(f"--- {slot.log.name}\n{text}")
-        return "\n".join(tails)
-
-    async def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM (drain), then SIGKILL whatever is still there after ``grace``."""
-        procs = [s.proc for s in self.slots if s.proc is not None and s.proc.returncode is None]
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                await asyncio.wait_for(proc.wait(), grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-
-
-# ------------------------------------------------------------------------ PostgreSQL restart
-
-
-def _pg_version() -> str:
-    versions = sorted(os.listdir("/etc/postgresql"), key=lambda v: [int(p) for p in v.split(".")])
-    return versions[-1]
-
-
-async def restart_postgresql() -> float:
-    """``pg_ctlcluster <version> main restart`` (fast shutdown); returns how long it took."""
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        "pg_ctlcluster",
-        "--skip-systemctl-redirect",
-        _pg_version(),
-        "main",
-        "restart",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        output, _ = await asyncio.wait_for(proc.communicate(), PG_RESTART_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    if proc.returncode != 0:
-        raise RuntimeError(f"PostgreSQL restart failed: {output.decode(errors='replace')}")
-    return time.monotonic() - started
-
-
-def pg_restart_enabled(default: bool = True) -> bool:
-    value = os.environ.get("IMAGESTUDIO_CHAOS_PG_RESTART")
-    return default if value is None else value.strip() != "0"
 
 
 # ------------------------------------------------------------------------ the run
@@ -407,33 +245,6 @@ def result_files(data_dir: Path, job_pk: str) -> tuple[list[str], list[str]]:
     return finals, [n for n in names if n.startswith(TEMP_PREFIX)]
 
 
-def match_calls(calls: list[dict[str, Any]], jobs: list[JobFacts]) -> tuple[Counter[int], int]:
-    """Provider calls per image id, and the calls that fit no attempt (see module doc).
-
-    Within one (key, prompt) group, calls in start order each take the open attempt window
-    that closes first: the greedy that matches the most calls to windows.
-    """
-    windows: dict[tuple[str, str], list[tuple[float, float, int]]] = defaultdict(list)
-    for job in jobs:
-        prompts = {image.id: image.prompt for image in job.images}
-        for attempt in job.attempts:
-            start = attempt.started_at.timestamp() - WINDOW_SLACK
-            end = attempt.ended_at.timestamp() + WINDOW_SLACK if attempt.ended_at else float("inf")
-            windows[(job.key, prompts[attempt.image_id])].append((start, end, attempt.image_id))
-    per_image: Counter[int] = Counter()
-    stray = 0
-    for call in sorted(calls, key=lambda c: c["start"]):
-        group = windows.get((call["key"], call["prompt"]), [])
-        fits = [w for w in group if w[0] <= call["start"] <= w[1]]
-        if not fits:
-            stray += 1
-            continue
-        chosen = min(fits, key=lambda w: w[1])
-        group.remove(chosen)
-        per_image[chosen[2]] += 1
-    return per_image, stray
-
-
 def _worst(facts: list[JobFacts]) -> str:
     """``stem: 8 attempts (5 lost, 2 retry, 1 succeeded)`` for the image with the most."""
     attempts: dict[int, list[str]] = defaultdict(list)
@@ -474,7 +285,9 @@ async def collect(
     async with httpx.AsyncClient(base_url=provider.url, timeout=30) as client:
         stats = (await client.get("/_fake/stats")).json()
     calls = [c for c in stats["calls"] if c["prompt"] is not None]
-    per_image, stray = match_calls(calls, facts)
+    per_image, stray = calls_per_image(
+        calls, [(job.key, job.images, job.attempts) for job in facts]
+    )
     images = [image for job in facts for image in job.images]
     duplicated = missing = partials = 0
     for job in facts:
@@ -637,7 +450,7 @@ async def chaos_bench(config: ChaosConfig, data_dir: Path) -> tuple[Timeline, Ou
             async with open_services(settings) as services:  # migrates the new database
                 jobs = await submit_jobs(services, provider, config)
                 fleet = WorkerFleet(
-                    worker_env(settings, config),
+                    chaos_worker_env(settings, config),
                     data_dir / "logs",
                     config.workers,
                     config.concurrency,

@@ -50,7 +50,6 @@ import platform
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -74,6 +73,7 @@ from bench.schemes import (
     fake_servers,
     run_scheme,
 )
+from imagestudio.fleet import console_script, worker_env
 from imagestudio.observability import configure_logging
 from imagestudio.scheduler.governor import GovernorState
 from imagestudio.services import Services, open_services
@@ -808,11 +808,6 @@ def pg_database() -> contextlib.AbstractContextManager[str]:
     return pg.scratch_database("imagestudio_governor")
 
 
-def _console_script() -> str:
-    beside = Path(sys.executable).with_name("imagestudio")
-    return str(beside) if beside.exists() else "imagestudio"
-
-
 @contextlib.contextmanager
 def worker_processes(count: int, env: dict[str, str], workdir: Path) -> Iterator[None]:
     procs, logs = [], []
@@ -823,7 +818,7 @@ def worker_processes(count: int, env: dict[str, str], workdir: Path) -> Iterator
             with log_path.open("wb") as log:
                 procs.append(
                     subprocess.Popen(
-                        [_console_script(), "worker", "--concurrency", str(WORKER_SLOTS)],
+                        [console_script(), "worker", "--concurrency", str(WORKER_SLOTS)],
                         env=env,
                         stdout=log,
                         stderr=subprocess.STDOUT,
@@ -884,22 +879,19 @@ def pg_workers(
         with pg_database() as url:
             data_dir = workdir / f"pg-{count}"
             secret = Fernet.generate_key().decode()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESTUDIO_")}
-            env |= {
-                "IMAGESTUDIO_DATABASE_URL": url,
-                "IMAGESTUDIO_DATA_DIR": str(data_dir),
-                "IMAGESTUDIO_SECRET_KEY": secret,
-                "IMAGESTUDIO_ALLOW_PRIVATE_URLS": "127.0.0.1",
-                "IMAGESTUDIO_WORKER_CONCURRENCY": str(WORKER_SLOTS),
-                "IMAGESTUDIO_BACKOFF_BASE_SECONDS": "0.1",
-                "IMAGESTUDIO_BACKOFF_MAX_SECONDS": "2",
-            }
             settings = Settings(
                 _env_file=None,
                 database_url=url,
                 data_dir=data_dir,
                 secret_key=secret,
                 allow_private_urls="127.0.0.1",
+            )
+            env = worker_env(
+                settings,
+                SECRET_KEY=secret,
+                WORKER_CONCURRENCY=str(WORKER_SLOTS),
+                BACKOFF_BASE_SECONDS="0.1",
+                BACKOFF_MAX_SECONDS="2",
             )
             with worker_processes(count, env, workdir):
                 run = asyncio.run(_submit_and_wait(settings, fake, scenario))

@@ -25,7 +25,6 @@ import os
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -40,6 +39,7 @@ from PIL import Image
 from bench import pg
 from imagestudio.background_server import free_port
 from imagestudio.domain import OutputSpec
+from imagestudio.fleet import clean_env, console_script
 from imagestudio.imaging.process import postprocess, prepare_source
 from imagestudio.imaging.samples import sample_product_photo
 from imagestudio.providers.factory import provider_size
@@ -109,15 +109,6 @@ class Stages:
 
 
 # ---------------------------------------------------------------------------- processes
-
-
-def console_script() -> str:
-    beside = Path(sys.executable).with_name("imagestudio")
-    return str(beside) if beside.exists() else "imagestudio"
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("IMAGESTUDIO_")}
 
 
 def cpu_seconds(pid: int) -> float:

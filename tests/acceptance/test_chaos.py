@@ -14,16 +14,13 @@ session on it, other test runs' included: ``IMAGESTUDIO_CHAOS_PG_RESTART=0`` ski
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import random
-import signal
 import statistics
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,13 @@ import httpx
 import pytest
 
 from imagestudio.background_server import BackgroundServer
+from imagestudio.fleet import (
+    WorkerFleet,
+    calls_per_image,
+    pg_restart_enabled,
+    restart_postgresql,
+    worker_env,
+)
 from imagestudio.providers.fake_server import (
     FakeProviderConfig,
     create_fake_provider_app,
@@ -38,7 +42,6 @@ from imagestudio.providers.fake_server import (
 )
 from imagestudio.services import Services, open_services
 from imagestudio.settings import Settings
-from imagestudio.store.models import AttemptRecord, ImageRecord
 from imagestudio.submission import submit
 from imagestudio.testing import batch_payload
 
@@ -57,18 +60,6 @@ MIN_UPTIME = 0.5  # a worker is killed only after it has been working this long
 PG_RESTART_AT = 0.4  # share of the images done
 TIME_LIMIT = 180.0
 TEMP_PREFIX = ".tmp-"  # the local storage's in-progress writes
-SLACK = 0.05  # seconds between a worker's clock and the provider's (one machine)
-
-
-def _pg_restart_enabled() -> bool:
-    return os.environ.get("IMAGESTUDIO_CHAOS_PG_RESTART", "1").strip() != "0"
-
-
-def _console_script() -> str:
-    beside = Path(sys.executable).with_name("imagestudio")
-    if not beside.exists():
-        pytest.fail(f"the imagestudio console script is not installed beside {sys.executable}")
-    return str(beside)
 
 
 @pytest.fixture
@@ -93,141 +84,6 @@ def settings(tmp_path: Path, pg_url: str) -> Settings:
         allow_private_urls="127.0.0.1",
         max_attempts=MAX_ATTEMPTS,
     )
-
-
-def _worker_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESTUDIO_")}
-    env.update(
-        IMAGESTUDIO_DATABASE_URL=settings.effective_database_url,
-        IMAGESTUDIO_DATA_DIR=str(settings.data_dir.resolve()),
-        IMAGESTUDIO_ALLOW_PRIVATE_URLS="127.0.0.1",
-        IMAGESTUDIO_LEASE_SECONDS=str(LEASE_SECONDS),
-        IMAGESTUDIO_POLL_INTERVAL="0.1",
-        IMAGESTUDIO_BACKOFF_BASE_SECONDS="0.05",
-        IMAGESTUDIO_BACKOFF_MAX_SECONDS="0.5",
-        IMAGESTUDIO_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
-    )
-    return env
-
-
-# ---------------------------------------------------------------------------- the workers
-
-
-@dataclass
-class Slot:
-    """One of the worker places; a dead worker is replaced in the same slot."""
-
-    index: int
-    proc: asyncio.subprocess.Process | None = None
-    log: Path | None = None
-    generation: int = 0
-    up_since: float | None = None  # when it logged "worker started"
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    def poll_started(self) -> None:
-        if self.up_since is None and self.alive() and self.log is not None:
-            if "worker started" in self.log.read_text(encoding="utf-8", errors="replace"):
-                self.up_since = time.monotonic()
-
-
-@dataclass
-class Fleet:
-    """``WORKERS`` worker subprocesses kept alive. Only a worker up for ``MIN_UPTIME`` is
-    killed, and never the last one up: a worker takes a while to start, and killing each as
-    soon as it came up would prove nothing."""
-
-    env: dict[str, str]
-    logs: Path
-    slots: list[Slot] = field(default_factory=list)
-    kills: int = 0
-    killed_pids: set[int] = field(default_factory=set)
-    boot_exits: list[str] = field(default_factory=list)  # exited before working (DB down)
-    crashes: list[str] = field(default_factory=list)  # exited on their own while working
-
-    async def start(self) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.slots = [Slot(i) for i in range(WORKERS)]
-        for slot in self.slots:
-            await self._spawn(slot)
-
-    async def _spawn(self, slot: Slot) -> None:
-        slot.generation += 1
-        slot.up_since = None
-        slot.log = self.logs / f"worker-{slot.index}-{slot.generation}.log"
-        with slot.log.open("wb") as sink:
-            slot.proc = await asyncio.create_subprocess_exec(
-                _console_script(),
-                "worker",
-                "--concurrency",
-                str(SLOTS),
-                env=self.env,
-                cwd=self.logs,  # no stray .env file
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=sink,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-
-    async def kill_one(self, rng: random.Random) -> bool:
-        for slot in self.slots:
-            slot.poll_started()
-        up = [s for s in self.slots if s.alive() and s.up_since is not None]
-        now = time.monotonic()
-        ready = [s for s in up if s.up_since is not None and now - s.up_since >= MIN_UPTIME]
-        if len(up) < 2 or not ready:
-            return False
-        slot = rng.choice(ready)
-        assert slot.proc is not None
-        slot.proc.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(slot.proc.wait(), 10)
-        self.kills += 1
-        self.killed_pids.add(slot.proc.pid)
-        await self._spawn(slot)
-        return True
-
-    async def replace_exited(self) -> None:
-        for slot in self.slots:
-            if slot.proc is not None and slot.proc.returncode is not None:
-                where = self.crashes if slot.up_since is not None else self.boot_exits
-                where.append(f"worker {slot.index}.{slot.generation} exit {slot.proc.returncode}")
-                await self._spawn(slot)
-
-    def tails(self) -> str:
-        logs = sorted(self.logs.glob("worker-*.log"), key=lambda p: p.stat().st_mtime)[-4:]
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in logs)
-
-    async def stop(self) -> None:
-        procs = [s.proc for s in self.slots if s.proc is not None and s.proc.returncode is None]
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        for proc in procs:
-            await asyncio.wait_for(proc.wait(), 10)
-
-
-async def _restart_postgresql() -> float:
-    """Restart the local cluster (fast shutdown: every session is dropped)."""
-    version = sorted(os.listdir("/etc/postgresql"), key=lambda v: [int(p) for p in v.split(".")])
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        "pg_ctlcluster",
-        "--skip-systemctl-redirect",
-        version[-1],
-        "main",
-        "restart",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        output, _ = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, f"PostgreSQL restart failed: {output.decode(errors='replace')}"
-    return time.monotonic() - started
 
 
 # ---------------------------------------------------------------------------- the chaos
@@ -258,7 +114,7 @@ def _quota(kills: int, done_at_kill: int) -> float:
     return (TOTAL - done_at_kill) / (max(MIN_KILLS - kills, 0) + 1)
 
 
-async def _chaos(services: Services, fleet: Fleet, job_pks: list[str]) -> Run:
+async def _chaos(services: Services, fleet: WorkerFleet, job_pks: list[str]) -> Run:
     """Kill a worker every 1-2 s (or sooner, see ``_quota``), restart PostgreSQL once, until
     nothing is queued or running."""
     rng, run = random.Random(5), Run()
@@ -279,9 +135,9 @@ async def _chaos(services: Services, fleet: Fleet, job_pks: list[str]) -> Run:
             due = now >= next_kill or done - done_at_kill >= _quota(fleet.kills, done_at_kill)
             if due and await fleet.kill_one(rng):
                 next_kill, done_at_kill = now + rng.uniform(*KILL_EVERY), done
-            if _pg_restart_enabled() and restart is None and done >= PG_RESTART_AT * TOTAL:
+            if pg_restart_enabled() and restart is None and done >= PG_RESTART_AT * TOTAL:
                 run.pg_restart_at = now - started
-                restart = asyncio.create_task(_restart_postgresql())
+                restart = asyncio.create_task(restart_postgresql())
             await asyncio.sleep(0.05)
         run.seconds = time.monotonic() - started
     finally:
@@ -301,37 +157,6 @@ def _result_files(settings: Settings, job_pk: str) -> tuple[list[str], list[str]
         [n for n in names if not n.startswith(TEMP_PREFIX)],
         [n for n in names if n.startswith(TEMP_PREFIX)],
     )
-
-
-def _calls_per_image(
-    calls: list[dict[str, Any]], jobs: list[tuple[str, list[ImageRecord], list[AttemptRecord]]]
-) -> tuple[Counter[int], int]:
-    """Provider calls per image id, and the calls that fit no recorded attempt.
-
-    A call carries its job's key and its image's prompt (the same for many images of a job),
-    and starts inside the window of the attempt that made it (one call per attempt at most).
-    Within one (key, prompt), calls in start order take the fitting window that closes
-    first: the greedy that matches the most calls to windows.
-    """
-    windows: dict[tuple[str, str], list[tuple[float, float, int]]] = defaultdict(list)
-    for key, images, attempts in jobs:
-        prompts = {image.id: image.prompt for image in images}
-        for a in attempts:
-            end = a.ended_at.timestamp() + SLACK if a.ended_at else float("inf")
-            window = (a.started_at.timestamp() - SLACK, end, a.image_id)
-            windows[(key, prompts[a.image_id])].append(window)
-    per_image: Counter[int] = Counter()
-    stray = 0
-    for call in sorted(calls, key=lambda c: c["start"]):
-        group = windows.get((call["key"], call["prompt"]), [])
-        fits = [w for w in group if w[0] <= call["start"] <= w[1]]
-        if not fits:
-            stray += 1
-            continue
-        chosen = min(fits, key=lambda w: w[1])
-        group.remove(chosen)
-        per_image[chosen[2]] += 1
-    return per_image, stray
 
 
 async def _submit_jobs(services: Services, provider: BackgroundServer) -> list[tuple[str, str]]:
@@ -360,12 +185,20 @@ async def test_chaos_every_image_succeeds_once(
 ) -> None:
     async with open_services(settings) as services:
         jobs = await _submit_jobs(services, provider)
-        fleet = Fleet(_worker_env(settings), settings.data_dir / "logs")
+        env = worker_env(
+            settings,
+            LEASE_SECONDS=str(LEASE_SECONDS),
+            POLL_INTERVAL="0.1",
+            BACKOFF_BASE_SECONDS="0.05",
+            BACKOFF_MAX_SECONDS="0.5",
+            MAX_ATTEMPTS=str(MAX_ATTEMPTS),
+        )
+        fleet = WorkerFleet(env, settings.data_dir / "logs", WORKERS, SLOTS, min_uptime=MIN_UPTIME)
         try:
             await fleet.start()
             run = await _chaos(services, fleet, [pk for pk, _ in jobs])
         finally:
-            await fleet.stop()
+            await fleet.stop(grace=0)  # teardown: no drain needed
         facts = [
             (pk, key, await services.store.images(pk), await services.store.attempts(pk))
             for pk, key in jobs
@@ -376,7 +209,7 @@ async def test_chaos_every_image_succeeds_once(
     images = [image for _, _, job_images, _ in facts for image in job_images]
     attempts = [a for _, _, _, job_attempts in facts for a in job_attempts]
     calls = [c for c in stats["calls"] if c["prompt"] is not None]
-    per_image, stray = _calls_per_image(
+    per_image, stray = calls_per_image(
         calls, [(key_fingerprint(key) or "", imgs, atts) for _, key, imgs, atts in facts]
     )
     counts = [per_image[image.id] for image in images]
@@ -405,12 +238,12 @@ async def test_chaos_every_image_succeeds_once(
     record_property("chaos_seconds", round(run.seconds, 1))
 
     failed = [(i.stem, i.status, i.attempts, i.error) for i in images if i.status != "succeeded"]
-    assert not run.timed_out, f"not done in {TIME_LIMIT}s: {failed}\n{fleet.tails()}"
+    assert not run.timed_out, f"not done in {TIME_LIMIT}s: {failed}\n{fleet.log_tails()}"
     assert failed == [], f"images did not succeed: {failed}"
     assert len(images) == TOTAL
-    assert fleet.crashes == [], f"workers died on their own:\n{fleet.tails()}"
+    assert fleet.crashes == [], f"workers died on their own:\n{fleet.log_tails()}"
     assert fleet.kills >= MIN_KILLS, f"only {fleet.kills} kills: the job ended too fast"
-    if _pg_restart_enabled():
+    if pg_restart_enabled():
         assert run.pg_restart_took is not None, "PostgreSQL was not restarted"
     assert all(1 <= i.attempts <= MAX_ATTEMPTS for i in images), [i.attempts for i in images]
     wins = Counter(a.image_id for a in attempts if a.outcome == "succeeded")

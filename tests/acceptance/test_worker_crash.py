@@ -9,10 +9,7 @@ provider on loopback. The test process only reads the database to decide when to
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,6 +23,7 @@ from sqlalchemy import text
 
 from imagestudio.background_server import BackgroundServer
 from imagestudio.domain import TERMINAL_JOB_STATUSES
+from imagestudio.fleet import console_script, worker_env
 from imagestudio.providers.fake_server import FakeProviderConfig, create_fake_provider_app
 from imagestudio.services import Services, open_services
 from imagestudio.settings import Settings
@@ -42,14 +40,6 @@ SIZE = 1024
 STARTUP_TIMEOUT = 30.0
 FINISH_TIMEOUT = 60.0
 TEMP_PREFIX = ".tmp-"  # the local storage's in-progress writes
-
-
-def _console_script() -> str:
-    beside = Path(sys.executable).with_name("imagestudio")
-    found = str(beside) if beside.exists() else shutil.which("imagestudio")
-    if found is None:
-        pytest.fail("the imagestudio console script is not installed")
-    return found
 
 
 @pytest.fixture
@@ -69,18 +59,6 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
         lease_seconds=LEASE_SECONDS,
         poll_interval=0.1,
     )
-
-
-def _worker_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESTUDIO_")}
-    env.update(
-        IMAGESTUDIO_DATABASE_URL=settings.effective_database_url,
-        IMAGESTUDIO_DATA_DIR=str(settings.data_dir.resolve()),
-        IMAGESTUDIO_ALLOW_PRIVATE_URLS="127.0.0.1",
-        IMAGESTUDIO_LEASE_SECONDS=str(LEASE_SECONDS),
-        IMAGESTUDIO_POLL_INTERVAL="0.1",
-    )
-    return env
 
 
 class WorkerProcess:
@@ -110,11 +88,11 @@ async def worker_process(
     log = settings.data_dir / f"{name}.log"
     with log.open("wb") as sink:
         proc = await asyncio.create_subprocess_exec(
-            _console_script(),
+            console_script(),
             "worker",
             "--concurrency",
             str(concurrency),
-            env=_worker_env(settings),
+            env=worker_env(settings, LEASE_SECONDS=str(LEASE_SECONDS), POLL_INTERVAL="0.1"),
             cwd=settings.data_dir,  # no stray .env file
             stdin=asyncio.subprocess.DEVNULL,
             stdout=sink,
