@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import demo_time, overhead
-from imagestudio.observability import configure_logging
+from imagestudio.observability.logs import configure_logging
 
 OUT = Path(__file__).resolve().parent / "out" / "overhead.md"
 SUITES = ("overhead", "demo", "governor", "chaos")

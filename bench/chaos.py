@@ -39,24 +39,23 @@ from typing import Any
 import asyncpg
 import httpx
 
-from imagestudio.background_server import BackgroundServer
-from imagestudio.fleet import (
+from imagestudio.cli.background_server import BackgroundServer
+from imagestudio.providers.fake.server import (
+    FakeProviderConfig,
+    create_fake_provider_app,
+    key_fingerprint,
+)
+from imagestudio.runtime.services import Services, open_services
+from imagestudio.settings import Settings
+from imagestudio.store.records import AttemptRecord, ImageRecord
+from testkit.fleet import (
     WorkerFleet,
     calls_per_image,
     pg_restart_enabled,
     restart_postgresql,
     worker_env,
 )
-from imagestudio.providers.fake_server import (
-    FakeProviderConfig,
-    create_fake_provider_app,
-    key_fingerprint,
-)
-from imagestudio.services import Services, open_services
-from imagestudio.settings import Settings
-from imagestudio.store.models import AttemptRecord, ImageRecord
-from imagestudio.submission import submit
-from imagestudio.testing import batch_payload
+from testkit.payloads import batch_payload
 
 PG_DSN = os.environ.get("IMAGESTUDIO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 OUT = Path(__file__).resolve().parent / "out" / "chaos.md"
@@ -433,7 +432,7 @@ async def submit_jobs(
             user_id=user,
             size=config.size,
         )
-        result = await submit(services, payload, None)
+        result = await services.jobs.submit(payload, None)
         jobs.append((result.job.id, key))
     return jobs
 

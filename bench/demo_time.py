@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from imagestudio.fleet import clean_env, console_script
+from testkit.fleet import clean_env, console_script
 
 TIMEOUT = 120
 

@@ -73,14 +73,13 @@ from bench.schemes import (
     fake_servers,
     run_scheme,
 )
-from imagestudio.fleet import console_script, worker_env
-from imagestudio.observability import configure_logging
-from imagestudio.scheduler.governor import GovernorState
-from imagestudio.services import Services, open_services
+from imagestudio.observability.logs import configure_logging
+from imagestudio.policy.governor import GovernorState
+from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
-from imagestudio.store.models import AttemptRecord, JobRecord
-from imagestudio.submission import submit
-from imagestudio.testing import batch_payload
+from imagestudio.store.records import AttemptRecord, JobRecord
+from testkit.fleet import console_script, worker_env
+from testkit.payloads import batch_payload
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 OUT = OUT_DIR / "governor.md"
@@ -506,7 +505,7 @@ async def imagestudio_run(
             api_key=new_key(),
             size=256,
         )
-        job = (await submit(services, payload, None)).job
+        job = (await services.jobs.submit(payload, None)).job
         fake.start(**scenario.fake_config())
         samples: list[dict[str, Any]] = []
         stages: dict[str, list[float]] = {}
@@ -697,7 +696,7 @@ async def mixed_users(
             user_id="big",
             size=256,
         )
-        big_job = (await submit(services, big_payload, None)).job
+        big_job = (await services.jobs.submit(big_payload, None)).job
         samples: list[dict[str, Any]] = []
         record_governor(services, time.time(), samples)
         stop = asyncio.Event()
@@ -717,7 +716,7 @@ async def mixed_users(
         ]
         began = time.perf_counter()  # all at once, as twenty people pressing "generate"
         small = [
-            r.job for r in await asyncio.gather(*(submit(services, p, None) for p in payloads))
+            r.job for r in await asyncio.gather(*(services.jobs.submit(p, None) for p in payloads))
         ]
         submit_seconds = [time.perf_counter() - began]
         await _wait_terminal(services, small, 600)
@@ -851,7 +850,7 @@ async def _submit_and_wait(settings: Settings, fake: FakeServer, scenario: Scena
             size=256,
         )
         fake.start(**scenario.fake_config())
-        job = (await submit(services, payload, None)).job
+        job = (await services.jobs.submit(payload, None)).job
         await _wait_terminal(services, [job], 600)
         done = await services.store.get_job(job.user_id, job.job_id)
         images = await services.store.images(job.id)

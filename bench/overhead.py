@@ -37,19 +37,18 @@ import httpx
 from PIL import Image
 
 from bench import pg
-from imagestudio.background_server import free_port
+from imagestudio.cli.background_server import free_port
 from imagestudio.domain import OutputSpec
-from imagestudio.fleet import clean_env, console_script
 from imagestudio.imaging.process import postprocess, prepare_source
-from imagestudio.imaging.samples import sample_product_photo
-from imagestudio.providers.factory import provider_size
-from imagestudio.providers.fake_server import parse_size, render_edit
-from imagestudio.services import Services, open_services
+from imagestudio.providers.fake.samples import sample_product_photo
+from imagestudio.providers.fake.server import parse_size, render_edit
+from imagestudio.providers.registry import provider_size
+from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.db import migrate
-from imagestudio.store.models import Succeeded
-from imagestudio.submission import submit
-from imagestudio.testing import batch_payload
+from imagestudio.store.records import Succeeded
+from testkit.fleet import clean_env, console_script
+from testkit.payloads import batch_payload
 
 MODEL = "gpt-image-1"
 CONCURRENCY = 8
@@ -210,7 +209,7 @@ async def _submit(services: Services, provider: FakeProvider, target: Target, n:
         size=target.size,
         output_format=target.format,
     )
-    result = await submit(services, payload, None)
+    result = await services.jobs.submit(payload, None)
     return result.job.id
 
 

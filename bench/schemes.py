@@ -33,12 +33,12 @@ from typing import Any
 
 import httpx
 
-from imagestudio.background_server import free_port
+from imagestudio.cli.background_server import free_port
 from imagestudio.domain import OutputSpec
 from imagestudio.errors import ProviderError, ProviderTimeout, ProviderUnavailable, RateLimited
 from imagestudio.imaging.process import postprocess, prepare_source
 from imagestudio.providers.base import ImageRequest, ProviderConfig
-from imagestudio.providers.factory import make_provider, provider_size
+from imagestudio.providers.registry import make_provider, provider_size
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-image-1"
@@ -64,8 +64,8 @@ SCHEMES: dict[str, str] = {
 
 def serve_fake(port: int) -> None:
     """Child process: the real fake provider app, rendering small answers (see module doc)."""
-    from imagestudio.imaging.samples import sample_product_photo as original_sample
-    from imagestudio.providers import fake_server
+    from imagestudio.providers.fake import server as fake_server
+    from imagestudio.providers.fake.samples import sample_product_photo as original_sample
 
     original_render = fake_server._render
 

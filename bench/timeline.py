@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from imagestudio.imaging.samples import load_font
+from imagestudio.providers.fake.samples import load_font
 
 WIDTH = 1200
 LEFT, RIGHT, TOP, BOTTOM = 56, 20, 58, 36

@@ -16,9 +16,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from imagestudio.background_server import BackgroundServer
-from imagestudio.providers.fake_server import FakeProviderConfig, create_fake_provider_app
-from imagestudio.services import Services, open_services
+from imagestudio.cli.background_server import BackgroundServer
+from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
+from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.db import migrate
 

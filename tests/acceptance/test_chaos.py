@@ -27,23 +27,22 @@ from typing import Any
 import httpx
 import pytest
 
-from imagestudio.background_server import BackgroundServer
-from imagestudio.fleet import (
+from imagestudio.cli.background_server import BackgroundServer
+from imagestudio.providers.fake.server import (
+    FakeProviderConfig,
+    create_fake_provider_app,
+    key_fingerprint,
+)
+from imagestudio.runtime.services import Services, open_services
+from imagestudio.settings import Settings
+from testkit.fleet import (
     WorkerFleet,
     calls_per_image,
     pg_restart_enabled,
     restart_postgresql,
     worker_env,
 )
-from imagestudio.providers.fake_server import (
-    FakeProviderConfig,
-    create_fake_provider_app,
-    key_fingerprint,
-)
-from imagestudio.services import Services, open_services
-from imagestudio.settings import Settings
-from imagestudio.submission import submit
-from imagestudio.testing import batch_payload
+from testkit.payloads import batch_payload
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -170,7 +169,7 @@ async def _submit_jobs(services: Services, provider: BackgroundServer) -> list[t
             user_id=user,
             size=SIZE,
         )
-        result = await submit(services, payload, None)
+        result = await services.jobs.submit(payload, None)
         assert result.created
         jobs.append((result.job.id, key))
     return jobs

@@ -13,12 +13,11 @@ import httpx
 import pytest
 from test_worker_crash import worker_process  # tests/acceptance is on the path (prepend mode)
 
-from imagestudio.background_server import BackgroundServer
-from imagestudio.providers.fake_server import FakeProviderConfig, create_fake_provider_app
-from imagestudio.services import Services, open_services
+from imagestudio.cli.background_server import BackgroundServer
+from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
+from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
-from imagestudio.submission import submit
-from imagestudio.testing import batch_payload
+from testkit.payloads import batch_payload
 
 pytestmark = pytest.mark.postgres
 
@@ -67,7 +66,7 @@ async def test_cancel_reaches_every_worker_process(
     settings.data_dir.mkdir(parents=True)
     async with open_services(settings) as services:
         payload = batch_payload(fake.url, "cancel", images_per_sku=(30, 30), size=256)
-        result = await submit(services, payload, None)
+        result = await services.jobs.submit(payload, None)
         async with workers(settings, 3):
             await poll_job(services, "cancel", lambda p: p.counts["succeeded"] > 0, 60)
             cancelled_at = time.time()
@@ -91,10 +90,10 @@ async def test_small_job_goes_first_across_worker_processes(
     async with open_services(settings) as services:
         big = batch_payload(fake.url, "big", images_per_sku=(80,), user_id="alice", size=256)
         small = batch_payload(fake.url, "small", images_per_sku=(4,), user_id="bob", size=256)
-        await submit(services, big, None)
+        await services.jobs.submit(big, None)
         async with workers(settings, 3):
             await poll_job(services, "big", lambda p: p.counts["succeeded"] >= 4, 60)
-            await submit(services, small, None)
+            await services.jobs.submit(small, None)
             await poll_job(services, "small", lambda p: p.job.status in ("succeeded", "failed"), 60)
             done_big = (await services.store.progress(None, "big")).counts["succeeded"]
         small_job = await services.store.get_job(None, "small")

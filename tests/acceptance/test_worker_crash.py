@@ -21,15 +21,14 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
-from imagestudio.background_server import BackgroundServer
+from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.domain import TERMINAL_JOB_STATUSES
-from imagestudio.fleet import console_script, worker_env
-from imagestudio.providers.fake_server import FakeProviderConfig, create_fake_provider_app
-from imagestudio.services import Services, open_services
+from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
+from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
-from imagestudio.store.models import ImageRecord
-from imagestudio.submission import submit
-from imagestudio.testing import batch_payload
+from imagestudio.store.records import ImageRecord
+from testkit.fleet import console_script, worker_env
+from testkit.payloads import batch_payload
 
 LATENCY_MS = 400
 LEASE_SECONDS = 2.0
@@ -108,7 +107,7 @@ async def worker_process(
 
 async def _submitted(services: Services, provider: BackgroundServer, job_id: str) -> str:
     payload = batch_payload(provider.url, job_id, images_per_sku=IMAGES_PER_SKU, size=SIZE)
-    result = await submit(services, payload, None)
+    result = await services.jobs.submit(payload, None)
     assert result.created
     assert result.job.total == TOTAL
     return result.job.id

@@ -24,13 +24,12 @@ from PIL import Image
 from sqlalchemy import text
 
 from imagestudio.api.app import create_app
-from imagestudio.background_server import BackgroundServer
-from imagestudio.domain import TERMINAL_JOB_STATUSES
-from imagestudio.observability import configure_logging
-from imagestudio.providers.fake_server import FakeProviderConfig, create_fake_provider_app
-from imagestudio.services import API_PREFIX
+from imagestudio.cli.background_server import BackgroundServer
+from imagestudio.domain import API_PREFIX, TERMINAL_JOB_STATUSES
+from imagestudio.observability.logs import configure_logging
+from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
 from imagestudio.store.db import create_engine
-from imagestudio.testing import batch_payload
+from testkit.payloads import batch_payload
 
 KEY = "sk-test-key-0123456789"
 BAD_KEY = "sk-bad-0123456789-secret"  # the fake answers 401 and echoes this key back

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from imagestudio.background_server import BackgroundServer
-from imagestudio.imaging.samples import sample_product_photo
-from imagestudio.providers.fake_server import (
+from imagestudio.cli.background_server import BackgroundServer
+from imagestudio.providers.fake.samples import sample_product_photo
+from imagestudio.providers.fake.server import (
     FakeProviderConfig,
     Gcra,
     create_fake_provider_app,

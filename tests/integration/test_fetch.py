@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from imagestudio.background_server import BackgroundServer, free_port
+from imagestudio.cli.background_server import BackgroundServer, free_port
 from imagestudio.errors import (
     BadImage,
     SourceNotFound,

@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imagestudio.background_server import BackgroundServer, free_port
+from imagestudio.cli.background_server import BackgroundServer, free_port
+from imagestudio.domain import SourceFile
 from imagestudio.errors import (
     AuthFailed,
     ContentRejected,
@@ -34,11 +35,11 @@ from imagestudio.errors import (
     QuotaExhausted,
     RateLimited,
 )
-from imagestudio.imaging.samples import sample_product_photo
-from imagestudio.providers.base import ImageProvider, ImageRequest, ProviderConfig, SourceFile
-from imagestudio.providers.factory import make_provider
-from imagestudio.providers.fake_server import FakeProviderConfig, create_fake_provider_app
+from imagestudio.providers.base import ImageProvider, ImageRequest, ProviderConfig
+from imagestudio.providers.fake.samples import sample_product_photo
+from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
 from imagestudio.providers.openai_images import OpenAIImagesProvider
+from imagestudio.providers.registry import make_provider
 
 KEY = "sk-test-adapter-SECRET-0123456789"
 SOURCE = SourceFile(sample_product_photo(2, "SKU 2", (320, 320)), "sku-2.jpg", "image/jpeg")

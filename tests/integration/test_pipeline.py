@@ -6,16 +6,15 @@ import io
 
 from PIL import Image
 
-from imagestudio.background_server import BackgroundServer
-from imagestudio.services import Services
-from imagestudio.submission import submit
-from imagestudio.testing import batch_payload
+from imagestudio.cli.background_server import BackgroundServer
+from imagestudio.runtime.services import Services
+from testkit.payloads import batch_payload
 
 
 async def test_seed_batch_runs_to_success(
     services: Services, fake_provider: BackgroundServer
 ) -> None:
-    result = await submit(services, batch_payload(fake_provider.url, "job-1"), None)
+    result = await services.jobs.submit(batch_payload(fake_provider.url, "job-1"), None)
     assert result.created
     await services.worker(4).run_until_idle()
     progress = await services.store.progress(None, "job-1")

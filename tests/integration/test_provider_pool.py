@@ -7,12 +7,11 @@ import asyncio
 
 import pytest
 
-from imagestudio.background_server import BackgroundServer
+from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.providers.base import ImageRequest
+from imagestudio.runtime.services import Services
 from imagestudio.scheduler.runner import ProviderPool
-from imagestudio.services import Services
-from imagestudio.submission import submit
-from imagestudio.testing import batch_payload
+from testkit.payloads import batch_payload
 
 
 def _request(prompt: str = "a red mug on white") -> ImageRequest:
@@ -25,7 +24,7 @@ async def test_an_evicted_client_stays_open_until_its_call_ends(
 ) -> None:
     for n, key in enumerate(["sk-first-account-0123456789", "sk-second-account-0123456789"]):
         payload = batch_payload(fake_provider.url, f"job-{n}", images_per_sku=(1,), api_key=key)
-        await submit(services, payload, None)
+        await services.jobs.submit(payload, None)
     first, second = await services.store.claim("w1", 2, 30)
     pool = ProviderPool(services.box, services.store, timeout=30, size=1)
     try:

@@ -13,13 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from imagestudio.background_server import BackgroundServer
+from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.errors import ApiKeyRequired
-from imagestudio.providers.fake_server import FakeProviderConfig, create_fake_provider_app
-from imagestudio.services import Services
-from imagestudio.store.models import JobRecord
-from imagestudio.submission import submit
-from imagestudio.testing import batch_payload
+from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
+from imagestudio.runtime.services import Services
+from imagestudio.store.records import JobRecord
+from testkit.payloads import batch_payload
 
 
 @contextlib.contextmanager
@@ -66,7 +65,7 @@ def calls(server: BackgroundServer) -> list[dict[str, Any]]:
 async def test_bad_key_stops_the_job_fast(services: Services) -> None:
     with provider(latency_ms=20) as fake:
         payload = batch_payload(fake.url, "bad-key", images_per_sku=(10, 10), api_key="sk-bad-1")
-        await submit(services, payload, None)
+        await services.jobs.submit(payload, None)
         await services.worker(4).run_until_idle()
         job = await wait_job(services, "bad-key")
         made = len(calls(fake))
@@ -82,7 +81,7 @@ async def test_bad_key_stops_the_job_fast(services: Services) -> None:
 async def test_exhausted_quota_stops_the_job_fast(services: Services) -> None:
     with provider(latency_ms=20) as fake:
         payload = batch_payload(fake.url, "quota", images_per_sku=(20,), api_key="sk-noquota-1")
-        await submit(services, payload, None)
+        await services.jobs.submit(payload, None)
         await services.worker(4).run_until_idle()
         made = len(calls(fake))
     job = await services.store.get_job(None, "quota")
@@ -96,7 +95,7 @@ async def test_retry_reruns_exactly_the_failed_images(services: Services) -> Non
         payload = batch_payload(fake.url, "retry", images_per_sku=(3, 3))
         # The main image of each SKU (its first) gets the refusing template: 2 of 6 fail.
         payload["options"]["prompt_templates"]["main_cn"] = "[[refuse]] main"
-        await submit(services, payload, None)
+        await services.jobs.submit(payload, None)
         await services.worker(4).run_until_idle()
         job = await services.store.get_job(None, "retry")
         assert job.status == "partially_failed"
@@ -125,7 +124,7 @@ async def test_retry_reruns_exactly_the_failed_images(services: Services) -> Non
 async def test_cancel_stops_calls_and_keeps_done_images(services: Services) -> None:
     with provider(latency_ms=400, concurrency=4) as fake:
         payload = batch_payload(fake.url, "cancel", images_per_sku=(30, 30), size=512)
-        result = await submit(services, payload, None)
+        result = await services.jobs.submit(payload, None)
         async with running_worker(services, 4):
             await wait_for_first_result(services, "cancel")
             await asyncio.sleep(1.0)
@@ -151,11 +150,11 @@ async def test_small_job_is_not_stuck_behind_a_big_one(services: Services) -> No
         small = batch_payload(
             fake.url, "small", images_per_sku=(4,), user_id="bob", api_key="sk-bob-key-1"
         )
-        await submit(services, big, None)
+        await services.jobs.submit(big, None)
         async with running_worker(services, 4):
             await asyncio.sleep(0.5)
             posted = time.monotonic()
-            await submit(services, small, None)
+            await services.jobs.submit(small, None)
             services.wake_workers()
             job = await wait_job(services, "small", within=20)
             small_took = time.monotonic() - posted
@@ -178,8 +177,8 @@ async def test_max_concurrency_and_sku_serial(services: Services) -> None:
             api_key="sk-capped-1",
             options={"max_concurrency": 2},
         )
-        await submit(services, payload, None)
-        await submit(services, capped, None)
+        await services.jobs.submit(payload, None)
+        await services.jobs.submit(capped, None)
         await services.worker(8).run_until_idle()
         log = calls(fake)
     by_key: dict[str, list[dict[str, Any]]] = {}

@@ -14,13 +14,13 @@ from sqlalchemy.exc import IntegrityError
 
 from imagestudio.domain import JobSpec
 from imagestudio.errors import JobConflict, LeaseLost
-from imagestudio.intake import IntakeLimits, build_job_spec, parse_payload
-from imagestudio.scheduler.governor import GovernorParams
+from imagestudio.jobs.intake import IntakeLimits, build_job_spec, parse_payload
+from imagestudio.policy.governor import GovernorParams
 from imagestudio.store.db import create_engine, migrate_async
-from imagestudio.store.models import Failed, Requeue, Succeeded
+from imagestudio.store.records import Failed, Requeue, Succeeded
 from imagestudio.store.store import Store
 from imagestudio.store.tables import ai_job, ai_job_image, provider_governor
-from imagestudio.testing import batch_payload
+from testkit.payloads import batch_payload
 
 CDN = "https://cdn.example.com"
 SEALED = b"sealed-key-bytes"

@@ -15,8 +15,8 @@ from fastapi.routing import APIRoute
 from typer.testing import CliRunner
 
 from imagestudio.api.app import create_app
-from imagestudio.cli import app as cli_app
-from imagestudio.services import API_PREFIX
+from imagestudio.cli.main import app as cli_app
+from imagestudio.domain import API_PREFIX
 from imagestudio.settings import Settings
 
 WIDE = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
@@ -79,7 +79,7 @@ def commands() -> dict[str, Any]:
 
 def test_console_script_is_imagestudio() -> None:
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
-    assert scripts.get("imagestudio") == "imagestudio.cli:main"
+    assert scripts.get("imagestudio") == "imagestudio.cli.main:main"
 
 
 def test_help_lists_every_command() -> None:

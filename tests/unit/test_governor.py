@@ -7,15 +7,14 @@ import dataclasses
 import pytest
 
 from imagestudio.domain import LimitKind, RateInfo
-from imagestudio.scheduler.governor import (
+from imagestudio.policy.governor import (
     GovernorParams,
     GovernorState,
     Observation,
     initial_state,
     observe,
-    pace,
 )
-from imagestudio.store.governors import apply_pace
+from imagestudio.policy.pace import apply_pace, pace
 
 P = GovernorParams()
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from imagestudio.domain import SUPPORTED_MODES, JobSpec
+from imagestudio.domain import JobSpec
 from imagestudio.errors import PayloadInvalid
-from imagestudio.intake import IntakeLimits, build_job_spec, parse_payload
-from imagestudio.testing import batch_payload
+from imagestudio.jobs.intake import IntakeLimits, build_job_spec, parse_payload
+from imagestudio.jobs.payload import SUPPORTED_MODES
+from testkit.payloads import batch_payload
 
 CDN = "https://cdn.example.com"
 KEY = "sk-test-key-0123456789"

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from imagestudio.errors import SourceUnavailable, UnsafeURL
-from imagestudio.imaging.netguard import (
+from imagestudio.security.netguard import (
     AllowList,
     ensure_public_url,
     first_refused,

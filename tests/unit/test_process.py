@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from imagestudio.domain import OutputSpec
-from imagestudio.errors import BadImage, PayloadInvalid, SourceTooLarge
+from imagestudio.errors import BadImage, SourceTooLarge
 from imagestudio.imaging.process import (
     image_size,
     postprocess,
@@ -249,7 +249,7 @@ def test_image_size_and_garbage() -> None:
 
 
 def test_unknown_output_format_is_refused() -> None:
-    with pytest.raises(PayloadInvalid):
+    with pytest.raises(ValueError, match="unsupported output format"):
         postprocess(encode(solid((8, 8)), "PNG"), OutputSpec(8, 8, "gif", 90), max_pixels=100)
 
 

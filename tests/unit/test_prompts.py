@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imagestudio.prompts import build_prompt
+from imagestudio.jobs.prompts import build_prompt
 
 SEED = {
     "common_cn": "根据图片内容生成",

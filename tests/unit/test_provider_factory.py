@@ -6,9 +6,9 @@ import httpx
 import pytest
 from openai.types.chat import ChatCompletionMessage
 
+from imagestudio.domain import SourceFile
 from imagestudio.errors import NoImageReturned
-from imagestudio.providers.base import ImageRequest, ProviderConfig, SourceFile
-from imagestudio.providers.factory import choose_api_style, make_provider, provider_size
+from imagestudio.providers.base import ImageRequest, ProviderConfig
 from imagestudio.providers.openai_chat import OpenAIChatProvider, chat_messages, image_urls
 from imagestudio.providers.openai_images import (
     OpenAIImagesProvider,
@@ -17,6 +17,7 @@ from imagestudio.providers.openai_images import (
     image_params,
     looks_like_image,
 )
+from imagestudio.providers.registry import choose_api_style, make_provider, provider_size
 
 PNG_B64 = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"

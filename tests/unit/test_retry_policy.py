@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from imagestudio import errors
-from imagestudio.domain import ImageStatus, JobStatus, rollup_status
+from imagestudio.domain import ImageStatus, JobStatus
 from imagestudio.errors import (
     ApiKeyRequired,
     AuthFailed,
@@ -34,7 +34,7 @@ from imagestudio.errors import (
     StorageError,
     UnsafeURL,
 )
-from imagestudio.scheduler.retry import (
+from imagestudio.policy.retry import (
     AttemptState,
     Decision,
     FailImage,
@@ -45,6 +45,7 @@ from imagestudio.scheduler.retry import (
     decide,
     run_after,
 )
+from imagestudio.policy.rollup import rollup_status
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 POLICY = RetryPolicy(

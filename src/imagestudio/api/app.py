@@ -11,8 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from imagestudio.api.routes import jobs, system
+from imagestudio.domain import API_PREFIX
 from imagestudio.errors import ApiKeyRequired, JobConflict, JobNotFound, PayloadInvalid
-from imagestudio.services import API_PREFIX, open_services
+from imagestudio.runtime.services import open_services
 from imagestudio.settings import Settings
 
 

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from imagestudio.services import Services
-from imagestudio.store.models import JobRecord
+from imagestudio.runtime.services import Services
+from imagestudio.store.records import JobRecord
 from imagestudio.store.store import Store
 
 _bearer = HTTPBearer(auto_error=False)

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from imagestudio.services import API_PREFIX
-from imagestudio.store.models import (
+from imagestudio.domain import API_PREFIX
+from imagestudio.store.records import (
     AttemptRecord,
     GovernorView,
     ImageRecord,

@@ -22,10 +22,10 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from imagestudio.domain import SourceFile
 from imagestudio.errors import SourceNotFound, SourceTooLarge, SourceUnavailable
-from imagestudio.imaging.netguard import AllowList, ensure_public_url
 from imagestudio.imaging.process import sniff, with_extension
-from imagestudio.providers.base import SourceFile
+from imagestudio.security.netguard import AllowList, ensure_public_url
 
 _SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 

@@ -19,9 +19,8 @@ from pathlib import PurePosixPath
 
 from PIL import Image, ImageOps
 
-from imagestudio.domain import OutputSpec
-from imagestudio.errors import BadImage, PayloadInvalid, SourceTooLarge
-from imagestudio.providers.base import SourceFile
+from imagestudio.domain import OutputSpec, SourceFile
+from imagestudio.errors import BadImage, SourceTooLarge
 
 _SIGNATURES: tuple[tuple[bytes, int, str, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", 0, "image/png", "png"),
@@ -196,7 +195,7 @@ def postprocess(data: bytes, spec: OutputSpec, *, max_pixels: int) -> bytes:
     """Decode a provider's image and encode exactly ``spec.width x spec.height`` in its format."""
     saver = _SAVERS.get(spec.format)
     if saver is None:
-        raise PayloadInvalid("options.output_format", f"unsupported format {spec.format!r}")
+        raise ValueError(f"unsupported output format {spec.format!r}")  # intake refuses it
     image = _open(data, max_pixels)
     with image:
         _load(image)

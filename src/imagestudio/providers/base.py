@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-from imagestudio.domain import RateInfo
-
-
-@dataclass(frozen=True, slots=True)
-class SourceFile:
-    """A source image ready to upload: its bytes, a filename and its MIME type."""
-
-    data: bytes
-    filename: str
-    mime: str
+from imagestudio.domain import ApiStyle, RateInfo, SourceFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +29,7 @@ class ProviderConfig:
     api_base: str
     api_key: str
     model: str
-    api_style: Literal["images", "chat"]
+    api_style: ApiStyle
     timeout_seconds: float = 180.0
 
 

@@ -13,8 +13,9 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from imagestudio.domain import SourceFile
 from imagestudio.errors import ContentRejected, NoImageReturned
-from imagestudio.providers.base import ImageRequest, ImageResult, SourceFile
+from imagestudio.providers.base import ImageRequest, ImageResult
 from imagestudio.providers.error_map import scrub
 from imagestudio.providers.openai_images import OpenAIClientBase, decode_data_url
 from imagestudio.providers.retry_after import parse_rate_info

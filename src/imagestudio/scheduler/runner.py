@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import structlog
 
-from imagestudio.crypto import SecretBox
 from imagestudio.domain import TERMINAL_JOB_STATUSES
 from imagestudio.errors import (
     ImageStudioError,
@@ -29,11 +28,9 @@ from imagestudio.errors import (
 )
 from imagestudio.imaging.fetch import SourceFetcher
 from imagestudio.imaging.process import postprocess, prepare_source
-from imagestudio.observability import Metrics
-from imagestudio.providers.base import ImageProvider, ImageRequest, ProviderConfig
-from imagestudio.providers.factory import make_provider, provider_size
-from imagestudio.scheduler.governor import Observation
-from imagestudio.scheduler.retry import (
+from imagestudio.observability.metrics import Metrics
+from imagestudio.policy.governor import Observation
+from imagestudio.policy.retry import (
     AttemptState,
     FailImage,
     FailJob,
@@ -43,8 +40,11 @@ from imagestudio.scheduler.retry import (
     error_kind,
     run_after,
 )
-from imagestudio.storage.base import ResultStorage
-from imagestudio.store.models import ClaimedTask, Failed, Outcome, Requeue, Succeeded
+from imagestudio.providers.base import ImageProvider, ImageRequest, ProviderConfig
+from imagestudio.providers.registry import make_provider, provider_size
+from imagestudio.security.crypto import SecretBox
+from imagestudio.storage import ResultStorage, sweep
+from imagestudio.store.records import ClaimedTask, Failed, Outcome, Requeue, Succeeded
 from imagestudio.store.store import Store
 
 log = structlog.get_logger("imagestudio.runner")
@@ -239,7 +239,7 @@ class TaskRunner:
             job_status=status,
         )
         if status in TERMINAL_JOB_STATUSES:
-            await sweep_job_results(self.store, self.storage, task.job_pk)
+            await sweep(self.storage, f"{task.job_pk}/", await self.store.result_keys(task.job_pk))
 
     async def _attempt(self, task: ClaimedTask, on_call_done: Callable[[], None]) -> Succeeded:
         if task.attempts > self.config.policy.max_attempts:
@@ -329,15 +329,3 @@ class TaskRunner:
             fence = attempt_of(key)
             if fence is not None and fence < task.fence:
                 await self.storage.delete(key)
-
-
-async def sweep_job_results(store: Store, storage: ResultStorage, job_pk: str) -> int:
-    """Once a job has ended, delete any file of it that is no image's recorded result
-    (an attempt killed between storing and recording). Returns how many were deleted."""
-    keep = {image.result_key for image in await store.images(job_pk) if image.result_key}
-    removed = await storage.discard_partials(f"{job_pk}/")
-    for key in await storage.list(f"{job_pk}/"):
-        if key not in keep:
-            await storage.delete(key)
-            removed += 1
-    return removed

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from imagestudio.scheduler.runner import RunHooks, TaskRunner
-from imagestudio.store.models import ClaimedTask
+from imagestudio.store.records import ClaimedTask
 from imagestudio.store.store import Store
 
 log = structlog.get_logger("imagestudio.worker")

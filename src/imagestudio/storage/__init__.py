@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -13,7 +14,7 @@ from imagestudio.errors import StorageError
 from imagestudio.storage.base import ResultStorage
 from imagestudio.storage.local import LocalStorage
 
-__all__ = ["LocalStorage", "ResultStorage", "open_storage"]
+__all__ = ["LocalStorage", "ResultStorage", "open_storage", "sweep"]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -32,3 +33,15 @@ def open_storage(url: str) -> ResultStorage:
     if parts.netloc not in ("", "localhost"):
         raise StorageError(f"file:// storage URL must be local, not on host {parts.netloc!r}")
     return LocalStorage(Path(unquote(parts.path)))
+
+
+async def sweep(storage: ResultStorage, prefix: str, keep: Collection[str]) -> int:
+    """Once a job has ended, delete every file under its ``prefix`` that is not in ``keep``
+    (the images' recorded results): an attempt killed between storing and recording, or a
+    half-written file. Returns how many were deleted."""
+    removed = await storage.discard_partials(prefix)
+    for key in await storage.list(prefix):
+        if key not in keep:
+            await storage.delete(key)
+            removed += 1
+    return removed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +11,7 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from imagestudio.scheduler.governor import GovernorParams, GovernorState, initial_state, pace
+from imagestudio.policy.governor import GovernorParams, GovernorState, initial_state
 from imagestudio.store.tables import provider_governor
 
 STATE_FIELDS = [f.name for f in dataclasses.fields(GovernorState)]
@@ -63,36 +63,3 @@ async def save(conn: AsyncConnection, key: str, state: GovernorState, now: datet
         .where(provider_governor.c.key == key)
         .values(updated_at=now, **state_values(state))
     )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Paced:
-    ids: list[int]
-    tats: dict[str, float]
-    wake_at: float | None
-
-
-def apply_pace(
-    candidates: Sequence[tuple[int, str]],
-    states: dict[str, GovernorState],
-    now: float,
-    limit: int,
-) -> Paced:
-    """Walk the fair order and keep what each key's cooldown and pace allow (pure)."""
-    ids: list[int] = []
-    tats: dict[str, float] = {}
-    wake_at: float | None = None
-    for image_id, key in candidates:
-        if len(ids) >= limit:
-            break
-        state = states.get(key)
-        if state is None:
-            ids.append(image_id)
-            continue
-        decision = pace(dataclasses.replace(state, tat=tats.get(key, state.tat)), now, 1)
-        if decision.admitted:
-            ids.append(image_id)
-            tats[key] = decision.tat
-        elif decision.next_at is not None:
-            wake_at = decision.next_at if wake_at is None else min(wake_at, decision.next_at)
-    return Paced(ids, tats, wake_at)

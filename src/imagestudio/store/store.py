@@ -24,13 +24,14 @@ from imagestudio.domain import (
     JobSpec,
     JobStatus,
     OutputSpec,
-    rollup_status,
 )
 from imagestudio.errors import ApiKeyRequired, JobConflict, JobNotFound, LeaseLost
-from imagestudio.scheduler.governor import GovernorParams, GovernorState, Observation, observe
+from imagestudio.policy.governor import GovernorParams, GovernorState, Observation, observe
+from imagestudio.policy.pace import apply_pace
+from imagestudio.policy.rollup import rollup_status
 from imagestudio.store import governors
 from imagestudio.store.claim_sql import CLAIM_LOCK_KEY, claim_candidates, claim_params
-from imagestudio.store.models import (
+from imagestudio.store.records import (
     AttemptRecord,
     Claim,
     ClaimedTask,
@@ -210,6 +211,15 @@ class Store:
         async with self.reader.connect() as conn:
             return [_image_record(r) for r in (await conn.execute(query)).all()]
 
+    async def result_keys(self, job_pk: str) -> set[str]:
+        """The storage keys of the job's recorded results."""
+        img = ai_job_image
+        query = select(img.c.result_key).where(
+            img.c.job_pk == job_pk, img.c.result_key.is_not(None)
+        )
+        async with self.reader.connect() as conn:
+            return {str(key) for key in (await conn.scalars(query)).all()}
+
     async def attempts(self, job_pk: str) -> list[AttemptRecord]:
         a, i = ai_job_attempt, ai_job_image
         query = (
@@ -315,7 +325,7 @@ class Store:
         found = await conn.execute(query, claim_params(now, limit * 3 + 8))
         candidates = [(int(r[0]), str(r[1])) for r in found.all()]
         states = await governors.load(conn, {key for _, key in candidates}, lock=True)
-        paced = governors.apply_pace(candidates, states, now.timestamp(), limit)
+        paced = apply_pace(candidates, states, now.timestamp(), limit)
         for key, tat in paced.tats.items():
             await governors.save(conn, key, dataclasses.replace(states[key], tat=tat), now)
         wake = [t for t in (paced.wake_at, await _next_due(conn, now)) if t is not None]

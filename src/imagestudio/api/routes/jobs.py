@@ -22,8 +22,6 @@ from imagestudio.api.schemas import (
     job_summary,
 )
 from imagestudio.domain import TERMINAL_JOB_STATUSES
-from imagestudio.scheduler.runner import sweep_job_results
-from imagestudio.submission import submit
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -35,13 +33,10 @@ async def post_job(
     response: Response,
     payload: Annotated[dict[str, Any], Body()],
 ) -> JobOut:
-    result = await submit(services, payload, user)
-    if not result.created:
+    submitted = await services.jobs.submit(payload, user)
+    if not submitted.created:
         response.status_code = status.HTTP_200_OK
-    else:
-        services.wake_workers()
-    progress = await services.store.progress(result.job.user_id, result.job.job_id)
-    return job_out(progress)
+    return job_out(submitted.progress)
 
 
 @router.get("", response_model=dict[str, list[JobSummary]])
@@ -74,12 +69,9 @@ async def get_timeline(store: StoreDep, job: JobDep) -> dict[str, Any]:
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
-async def cancel_job(services: ServicesDep, user: UserDep, job: JobDep, job_id: str) -> JobOut:
+async def cancel_job(services: ServicesDep, user: UserDep, job_id: str) -> JobOut:
     """Queued images end ``cancelled`` now; running calls are aborted within seconds."""
-    store = services.store
-    await store.cancel(job.id)
-    await sweep_job_results(store, services.storage, job.id)
-    return job_out(await store.progress(user, job_id))
+    return job_out(await services.jobs.cancel(user, job_id))
 
 
 class RetryBody(BaseModel):
@@ -93,16 +85,11 @@ class RetryOut(BaseModel):
 
 @router.post("/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=RetryOut)
 async def retry_job(
-    services: ServicesDep, user: UserDep, job: JobDep, job_id: str, body: RetryBody | None = None
+    services: ServicesDep, user: UserDep, job_id: str, body: RetryBody | None = None
 ) -> RetryOut:
     """Queue the failed images again (fresh attempts); succeeded ones are not redone."""
-    store = services.store
-    key = body.api_key if body else None
-    sealed = services.box.seal(key) if key else None
-    requeued = await store.retry_failed(job.id, sealed, key)
-    if requeued:
-        services.wake_workers()
-    return RetryOut(requeued=requeued, job=job_out(await store.progress(user, job_id)))
+    retried = await services.jobs.retry(user, job_id, body.api_key if body else None)
+    return RetryOut(requeued=retried.requeued, job=job_out(retried.progress))
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse)

@@ -33,7 +33,8 @@ async def healthz(request: Request, services: ServicesDep) -> dict[str, str]:
 
 @router.get("/metrics")
 async def metrics(services: ServicesDep) -> Response:
-    await services.metrics.refresh(services.store)
+    store = services.store
+    services.metrics.refresh(await store.queue_depth(), await store.governor_states())
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -40,7 +40,6 @@ from typing import Literal
 from imagestudio.domain import LimitKind, RateInfo
 
 UNLIMITED_REQUESTS = 10_000  # a per-minute limit this high is no limit worth pacing to
-PACE_SLACK = 0.5  # share of a pace interval a late start may catch up
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,29 +302,3 @@ def _on_backpressure(
     # Keep the slow-start threshold where the window was: random 5xx must cost little.
     ssthresh = max(in_use, state.ssthresh or 0.0)
     return dataclasses.replace(state, window=window, ssthresh=ssthresh, epoch=obs.now)
-
-
-@dataclass(frozen=True, slots=True)
-class Paced:
-    admitted: int
-    tat: float
-    next_at: float | None  # when the next start would be allowed, if some were held back
-
-
-def pace(state: GovernorState, now: float, wanted: int) -> Paced:
-    """How many of ``wanted`` starts the cooldown and the pace allow now (GCRA, no burst)."""
-    if now < state.cooldown_until:
-        return Paced(0, state.tat, state.cooldown_until)
-    rate = state.effective_rate
-    if rate is None or rate <= 0:
-        return Paced(wanted, state.tat, None)
-    interval = 1 / rate
-    # A start that comes a little late (the claim loop wakes, then claims) keeps its slot:
-    # up to half an interval is caught up, so lateness does not pile up into a slower pace,
-    # and a fresh pacer still admits one start, not a burst.
-    tat = max(state.tat, now - interval * PACE_SLACK)
-    admitted = 0
-    while admitted < wanted and tat <= now + 1e-9:
-        admitted += 1
-        tat += interval
-    return Paced(admitted, tat, tat if admitted < wanted else None)

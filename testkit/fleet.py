@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from imagestudio.settings import Settings
-from imagestudio.store.models import AttemptRecord, ImageRecord
+from imagestudio.store.records import AttemptRecord, ImageRecord
 
 PG_RESTART_TIMEOUT = 60.0
 

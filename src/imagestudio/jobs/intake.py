@@ -14,22 +14,24 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from imagestudio.domain import (
-    BATCH_SKU,
     MAX_SIDE,
     MIN_SIDE,
     OUTPUT_FORMATS,
     ImageSpec,
-    JobPayload,
     JobSpec,
     OutputSpec,
     ProviderSpec,
+)
+from imagestudio.errors import PayloadInvalid
+from imagestudio.jobs.payload import (
+    BATCH_SKU,
+    JobPayload,
     SourceImage,
     payload_hash,
     redacted_config,
 )
-from imagestudio.errors import PayloadInvalid
-from imagestudio.prompts import build_prompt
-from imagestudio.providers.factory import choose_api_style
+from imagestudio.jobs.prompts import build_prompt
+from imagestudio.providers.registry import choose_api_style
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX*]\s*(\d+)\s*$")
 _FORMAT_ALIASES = {"jpg": "jpeg"}

@@ -46,7 +46,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imagestudio.imaging.samples import load_font, sample_product_photo
+from imagestudio.providers.fake.samples import load_font, sample_product_photo
 
 LatencyDist = Literal["fixed", "uniform", "lognormal", "exponential"]
 LATENCY_DISTS: tuple[str, ...] = ("fixed", "uniform", "lognormal", "exponential")

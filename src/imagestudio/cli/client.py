@@ -10,8 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from imagestudio.domain import TERMINAL_JOB_STATUSES
-from imagestudio.services import API_PREFIX
+from imagestudio.domain import API_PREFIX, TERMINAL_JOB_STATUSES
 
 
 class ApiClient:

@@ -1,35 +1,13 @@
-"""Structured logs (structlog) and Prometheus metrics."""
+"""Prometheus metrics: one registry per process (and per test app)."""
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
-import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-if TYPE_CHECKING:
-    from imagestudio.store.store import Store
-
-
-def configure_logging(*, json: bool = False, level: int = logging.INFO) -> None:
-    """Console logs for people, JSON lines (``--log-json``) for machines."""
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+from imagestudio.store.records import GovernorView
 
 
 class Metrics:
@@ -97,11 +75,11 @@ class Metrics:
             registry=self.registry,
         )
 
-    async def refresh(self, store: Store) -> None:
-        """Read the shared numbers (queue, governors) from the database at scrape time."""
-        self.queue_depth.set(await store.queue_depth())
+    def refresh(self, queue_depth: int, governors: Sequence[GovernorView]) -> None:
+        """Set the shared numbers (queue, governors), read from the database at scrape time."""
+        self.queue_depth.set(queue_depth)
         now = time.time()
-        for view in await store.governor_states():
+        for view in governors:
             labels = (view.key[:12], view.api_base)
             state = view.state
             self.gov_window.labels(*labels).set(state.effective_window)

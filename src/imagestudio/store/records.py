@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from imagestudio.domain import OutputSpec
-from imagestudio.scheduler.governor import GovernorState
+from imagestudio.policy.governor import GovernorState
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import uvicorn
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
-from imagestudio.observability import configure_logging
+from imagestudio.observability.logs import configure_logging
 from imagestudio.settings import Settings
 
 app = typer.Typer(
@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-log = structlog.get_logger("imagestudio.cli")
+log = structlog.get_logger("imagestudio.cli.main")
 
 LogJson = Annotated[bool, typer.Option("--log-json", help="Log JSON lines instead of text.")]
 
@@ -79,7 +79,7 @@ def worker(
 
 
 async def _run_worker(settings: Settings, concurrency: int) -> None:
-    from imagestudio.services import open_services
+    from imagestudio.runtime.services import open_services
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -124,7 +124,7 @@ def fake_provider(
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
 ) -> None:
     """Run the built-in OpenAI-compatible image server with limits and fault injection."""
-    from imagestudio.providers.fake_server import FakeProviderConfig, run_fake_provider
+    from imagestudio.providers.fake.server import FakeProviderConfig, run_fake_provider
 
     config = FakeProviderConfig(
         rpm=rpm,
@@ -154,8 +154,8 @@ def submit(
     follow: Annotated[bool, typer.Option("--follow", help="Show progress until it ends.")] = False,
 ) -> None:
     """Submit a job to a running service."""
-    from imagestudio.client import ApiClient, summary_table
-    from imagestudio.client import follow as follow_job
+    from imagestudio.cli.client import ApiClient, summary_table
+    from imagestudio.cli.client import follow as follow_job
 
     body: dict[str, Any] = json.loads(payload.read_text(encoding="utf-8"))
     client = ApiClient(url, token)
@@ -184,7 +184,7 @@ def demo(
     workers: Annotated[int, typer.Option(help="In-process task slots.")] = 4,
 ) -> None:
     """Run the seed's example batch offline: fake provider, service, progress, results."""
-    from imagestudio.demo import run_demo
+    from imagestudio.cli.demo import run_demo
 
     configure_logging(level=30)
     code = run_demo(console, data_dir=data_dir, latency_ms=latency_ms, workers=workers)

@@ -13,21 +13,21 @@ from dataclasses import dataclass
 
 import httpx
 
-from imagestudio.crypto import SecretBox, load_or_create_key
+from imagestudio.domain import FILES_PATH
 from imagestudio.imaging.fetch import SourceFetcher
-from imagestudio.observability import Metrics
-from imagestudio.scheduler.governor import GovernorParams
-from imagestudio.scheduler.retry import RetryPolicy
+from imagestudio.jobs.intake import IntakeLimits
+from imagestudio.jobs.service import JobService
+from imagestudio.observability.metrics import Metrics
+from imagestudio.policy.governor import GovernorParams
+from imagestudio.policy.retry import RetryPolicy
 from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
 from imagestudio.scheduler.worker import Worker, WorkerConfig
+from imagestudio.security.crypto import SecretBox, load_or_create_key
 from imagestudio.settings import Settings
 from imagestudio.storage import open_storage
 from imagestudio.storage.base import ResultStorage
 from imagestudio.store.db import create_engine, migrate_async
 from imagestudio.store.store import Store
-
-API_PREFIX = "/api/v1/image_studio"
-FILES_PATH = f"{API_PREFIX}/files"
 
 
 @dataclass
@@ -41,6 +41,7 @@ class Services:
     runner: TaskRunner
     metrics: Metrics
     wakeup: asyncio.Event
+    jobs: JobService
 
     def wake_workers(self) -> None:
         """Tell in-process workers new work is there, so they claim without waiting a poll."""
@@ -109,9 +110,18 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
             files_url=files_url(settings),
         ),
     )
+    wakeup = asyncio.Event()
+    jobs = JobService(
+        store,
+        storage,
+        box,
+        limits=IntakeLimits(max_images=settings.max_images_per_job),
+        allow_list=settings.private_allow_list(),
+        on_new_work=wakeup.set,
+    )
     try:
         yield Services(
-            settings, store, storage, box, http, providers, runner, metrics, asyncio.Event()
+            settings, store, storage, box, http, providers, runner, metrics, wakeup, jobs
         )
     finally:
         await providers.aclose()

@@ -14,11 +14,11 @@ from pathlib import Path
 from rich.console import Console
 
 from imagestudio.api.app import create_app
-from imagestudio.background_server import BackgroundServer
-from imagestudio.client import ApiClient, follow, summary_table
-from imagestudio.providers.fake_server import FakeProviderConfig, create_fake_provider_app
+from imagestudio.cli.background_server import BackgroundServer
+from imagestudio.cli.client import ApiClient, follow, summary_table
+from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
 from imagestudio.settings import Settings
-from imagestudio.testing import batch_payload
+from testkit.payloads import batch_payload
 
 DEMO_KEY = "sk-demo-not-a-real-key"
 

@@ -1,0 +1,86 @@
+"""The submitted payload: the front end's ``batch_series_generate`` body as the seed shows it.
+
+Unknown extra fields are kept (``extra="allow"``) so that ``ai_job.config`` stores what was
+sent, minus the API key.
+
+Precedence of output settings (documented in docs/payload.md):
+``options.target_width``/``target_height``/``output_format``/``quality`` win over
+``options.settings.imageSize``/``imageFormat``/``quality``; when neither is given the
+defaults are 1024x1024 png at quality 90.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from imagestudio.domain import ApiStyle
+
+SUPPORTED_MODES = ("batch_series_generate", "single_generate")
+BATCH_SKU = "__batch__"
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class SourceImage(_Open):
+    url: str
+    name: str | None = None
+    stem: str | None = None
+
+
+class OutputSettings(_Open):
+    image_size: str | None = Field(default=None, alias="imageSize")
+    image_format: str | None = Field(default=None, alias="imageFormat")
+    quality: int | None = None
+
+
+class JobOptions(_Open):
+    skus: list[str] = Field(default_factory=list)
+    sku_images_map: dict[str, list[SourceImage]] = Field(default_factory=dict)
+    settings: OutputSettings = Field(default_factory=OutputSettings)
+    api_key: str | None = None
+    api_base: str | None = None
+    model: str | None = None
+    target_width: int | None = None
+    target_height: int | None = None
+    output_format: str | None = None
+    quality: int | None = None
+    use_english: bool = False
+    prompt_templates: dict[str, str] = Field(default_factory=dict)
+    api_style: ApiStyle | None = None
+    max_concurrency: int | None = Field(default=None, ge=1)
+    sku_serial: bool = False
+
+
+class JobPayload(_Open):
+    job_id: str | None = Field(default=None, min_length=1, max_length=200)
+    user_id: str | None = Field(default=None, max_length=200)
+    mode: str
+    sku: str | None = None
+    stem: str | None = None
+    options: JobOptions
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in SUPPORTED_MODES:
+            raise ValueError(f"unknown mode {value!r}; supported: {', '.join(SUPPORTED_MODES)}")
+        return value
+
+
+def payload_hash(config: dict[str, Any]) -> str:
+    """A stable digest of a payload (without its API key): same payload, same hash."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def redacted_config(payload: JobPayload) -> dict[str, Any]:
+    """The payload as JSON with the API key removed: what ``ai_job.config`` stores."""
+    config = payload.model_dump(mode="json", by_alias=True, exclude_none=False)
+    config["options"].pop("api_key", None)
+    return config

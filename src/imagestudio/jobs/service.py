@@ -1,0 +1,99 @@
+"""What a user does to a job, one call each: submit, cancel, retry the failed images.
+
+Each route calls one method here; the method validates, talks to the store and to storage,
+and says whether workers have new work. Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from imagestudio.errors import PayloadInvalid, UnsafeURL
+from imagestudio.jobs.intake import IntakeLimits, build_job_spec, parse_payload
+from imagestudio.security.crypto import SecretBox
+from imagestudio.security.netguard import ensure_public_url
+from imagestudio.storage import ResultStorage, sweep
+from imagestudio.store.records import JobProgress, JobRecord
+from imagestudio.store.store import Store
+
+LOCAL_USER = "local"
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    progress: JobProgress
+    created: bool
+
+    @property
+    def job(self) -> JobRecord:
+        return self.progress.job
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    requeued: int
+    progress: JobProgress
+
+
+class JobService:
+    """The user's side of jobs. ``on_new_work`` is told when images were queued (so
+    in-process workers claim at once instead of at their next poll)."""
+
+    def __init__(
+        self,
+        store: Store,
+        storage: ResultStorage,
+        box: SecretBox,
+        *,
+        limits: IntakeLimits,
+        allow_list: Sequence[str] = (),
+        on_new_work: Callable[[], None] = _nothing,
+    ) -> None:
+        self.store, self.storage, self.box = store, storage, box
+        self.limits, self.allow_list, self.on_new_work = limits, list(allow_list), on_new_work
+
+    async def submit(self, raw: Any, user: str | None) -> Submitted:
+        """Validate, check the provider URL, seal the key and write the job once.
+
+        ``user`` is the token's user; ``None`` in local mode, where the payload's is taken.
+        The same payload again returns the existing job (``created`` false).
+        """
+        payload = parse_payload(raw)
+        if user is not None and payload.user_id not in (None, user):
+            raise PayloadInvalid("user_id", "does not match the user of the bearer token")
+        owner = user or payload.user_id or LOCAL_USER
+        spec = build_job_spec(payload, user_id=owner, limits=self.limits)
+        try:
+            await ensure_public_url(spec.provider.api_base, self.allow_list)
+        except UnsafeURL as exc:
+            raise PayloadInvalid("options.api_base", exc.message) from exc
+        result = await self.store.submit(spec, self.box.seal(spec.api_key))
+        if result.created:
+            self.on_new_work()
+        progress = await self.store.progress(result.job.user_id, result.job.job_id)
+        return Submitted(progress=progress, created=result.created)
+
+    async def cancel(self, user: str | None, job_id: str) -> JobProgress:
+        """Queued images end ``cancelled`` now; running calls are aborted within seconds
+        (their workers see the lease gone); images already done are kept. Files of attempts
+        that will never be recorded are removed."""
+        job = await self.store.get_job(user, job_id)
+        await self.store.cancel(job.id)
+        await sweep(self.storage, f"{job.id}/", await self.store.result_keys(job.id))
+        return await self.store.progress(user, job_id)
+
+    async def retry(self, user: str | None, job_id: str, api_key: str | None) -> Retried:
+        """Queue the failed images again with fresh attempts; succeeded ones are not redone.
+        The key was erased when the job ended, so a retry of an ended job brings it again."""
+        job = await self.store.get_job(user, job_id)
+        sealed = self.box.seal(api_key) if api_key else None
+        requeued = await self.store.retry_failed(job.id, sealed, api_key)
+        if requeued:
+            self.on_new_work()
+        return Retried(requeued=requeued, progress=await self.store.progress(user, job_id))

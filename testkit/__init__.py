@@ -1,0 +1,1 @@
+"""Test rigs shared by tests/ and bench/ (not shipped in the package)."""
