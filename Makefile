@@ -17,8 +17,9 @@ demo: $(STAMP)
 	$(VENV)/bin/imagestudio demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench testkit
+	$(VENV)/bin/ruff format --check src tests bench testkit
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -22,21 +22,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import httpx
 
 from imagestudio.cli.background_server import BackgroundServer
@@ -48,6 +44,7 @@ from imagestudio.providers.fake.server import (
 from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.records import AttemptRecord, ImageRecord
+from testkit import pg
 from testkit.fleet import (
     WorkerFleet,
     calls_per_image,
@@ -57,7 +54,6 @@ from testkit.fleet import (
 )
 from testkit.payloads import batch_payload
 
-PG_DSN = os.environ.get("IMAGESTUDIO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 OUT = Path(__file__).resolve().parent / "out" / "chaos.md"
 TEMP_PREFIX = ".tmp-"  # the local storage's in-progress writes
 USERS = (("alice", "sk-chaos-alice-0001"), ("bob", "sk-chaos-bob-0002"))
@@ -386,25 +382,6 @@ def markdown(config: ChaosConfig, timeline: Timeline, outcome: Outcome) -> str:
 # ------------------------------------------------------------------------ the bench itself
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_DSN, timeout=10)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@contextlib.asynccontextmanager
-async def scratch_database() -> Any:
-    name = f"imagestudio_chaos_{uuid.uuid4().hex[:12]}"
-    await _admin(f'CREATE DATABASE "{name}"')
-    base = PG_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    try:
-        yield f"{base}/{name}"
-    finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @contextlib.contextmanager
 def fake_provider(config: ChaosConfig) -> Iterator[BackgroundServer]:
     fake = FakeProviderConfig(
@@ -438,7 +415,7 @@ async def submit_jobs(
 
 
 async def chaos_bench(config: ChaosConfig, data_dir: Path) -> tuple[Timeline, Outcome]:
-    async with scratch_database() as url:
+    with pg.scratch_database("imagestudio_chaos", migrated=False) as url:
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             data_dir=data_dir,

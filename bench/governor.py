@@ -61,7 +61,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
-from bench import pg, timeline
+from bench import timeline
 from bench.schemes import (
     SCHEMES,
     Background,
@@ -78,6 +78,7 @@ from imagestudio.policy.governor import GovernorState
 from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.records import AttemptRecord, JobRecord
+from testkit import pg
 from testkit.fleet import console_script, worker_env
 from testkit.payloads import batch_payload
 

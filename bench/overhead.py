@@ -36,7 +36,6 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from bench import pg
 from imagestudio.cli.background_server import free_port
 from imagestudio.domain import OutputSpec
 from imagestudio.imaging.process import postprocess, prepare_source
@@ -47,6 +46,7 @@ from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.db import migrate
 from imagestudio.store.records import Succeeded
+from testkit import pg
 from testkit.fleet import clean_env, console_script
 from testkit.payloads import batch_payload
 

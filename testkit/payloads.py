@@ -1,15 +1,11 @@
-"""Payload builders shared by the demo, the tests and the benchmarks."""
+"""Payload builders for the tests and the benchmarks: the seed's shape, any size."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-SEED_TEMPLATES = {
-    "common_cn": "根据图片内容生成电商产品图, 保持产品外观不变",
-    "main_cn": "主图: 纯白背景, 产品居中",
-    "opt_remove_watermark_cn": "去除水印",
-}
+from imagestudio.cli.example import SEED_TEMPLATES
 
 
 def batch_payload(

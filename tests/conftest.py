@@ -1,19 +1,17 @@
 """Shared fixtures: real SQLite and real PostgreSQL, real loopback servers.
 
-PostgreSQL tests clone a migrated template database per test (``CREATE DATABASE ... TEMPLATE``).
+PostgreSQL tests clone a migrated template database per test (``CREATE DATABASE ... TEMPLATE``,
+``testkit.pg``).
 Locally they skip when PostgreSQL is unreachable; with ``CI=true`` they fail instead.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from imagestudio.cli.background_server import BackgroundServer
@@ -21,60 +19,35 @@ from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_pr
 from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.db import migrate
+from testkit import pg
 
-PG_DSN = os.environ.get("IMAGESTUDIO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEMPLATE = f"imagestudio_tpl_{os.getpid()}"  # one per test session: sessions may overlap
 IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def _sa_url(dsn: str, database: str) -> str:
-    base = dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    return f"{base}/{database}"
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_DSN, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     """A migrated template database, made once per test session."""
-
-    async def make() -> None:
-        await _admin(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
-        await _admin(f'CREATE DATABASE "{TEMPLATE}"')
-
-    # Fixtures may be requested from inside a running event loop: work in a fresh thread.
-    with ThreadPoolExecutor(1) as pool:
-        try:
-            pool.submit(asyncio.run, make()).result()
-        except (OSError, asyncpg.PostgresError) as exc:
-            if IN_CI:
-                pytest.fail(f"PostgreSQL is required under CI=true and unreachable: {exc}")
-            pytest.skip(f"PostgreSQL unreachable: {exc}")
-        pool.submit(migrate, _sa_url(PG_DSN, TEMPLATE)).result()
+    problem = pg.reachable()
+    if problem is not None:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required under CI=true and unreachable: {problem}")
+        pytest.skip(f"PostgreSQL unreachable: {problem}")
+    pg.drop(TEMPLATE)
+    migrate(pg.create(TEMPLATE))
     yield TEMPLATE
-    admin_sql(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
-
-
-def admin_sql(sql: str) -> None:
-    """Run one admin statement on PostgreSQL, from sync code even inside a running loop."""
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, _admin(sql)).result()
+    pg.drop(TEMPLATE)
 
 
 @pytest.fixture
 def pg_url(pg_template: str) -> Iterator[str]:
+    """A fresh database per test, cloned from the migrated template."""
     name = f"imagestudio_t_{uuid.uuid4().hex[:12]}"
-    admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    url = pg.create(name, template=pg_template)
     try:
-        yield _sa_url(PG_DSN, name)
+        yield url
     finally:
-        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        pg.drop(name)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -7,7 +7,6 @@ running loop.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +14,9 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from conftest import PG_DSN, _sa_url, admin_sql
 
 from imagestudio.store.db import alembic_config, migrate
+from testkit import pg
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -27,12 +26,8 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite+aiosqlite:///{tmp_path / 'nested' / 'fresh.db'}"
         return
     request.getfixturevalue("pg_template")  # skips (or fails under CI) without PostgreSQL
-    name = f"imagestudio_m_{uuid.uuid4().hex[:12]}"
-    admin_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield _sa_url(PG_DSN, name)
-    finally:
-        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with pg.scratch_database("imagestudio_m", migrated=False) as url:
+        yield url
 
 
 def test_upgrade_head_then_check_finds_no_drift(empty_db_url: str) -> None:

@@ -16,9 +16,9 @@ from rich.console import Console
 from imagestudio.api.app import create_app
 from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.cli.client import ApiClient, follow, summary_table
+from imagestudio.cli.example import seed_example
 from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
 from imagestudio.settings import Settings
-from testkit.payloads import batch_payload
 
 DEMO_KEY = "sk-demo-not-a-real-key"
 
@@ -43,7 +43,7 @@ def run_demo(console: Console, *, data_dir: Path, latency_ms: float, workers: in
         client = ApiClient(service.url)
         try:
             job_id = f"demo-{uuid.uuid4().hex[:8]}"
-            response = client.submit(batch_payload(provider.url, job_id, api_key=DEMO_KEY))
+            response = client.submit(seed_example(provider.url, job_id, api_key=DEMO_KEY))
             response.raise_for_status()
             job = follow(client, job_id, console)
             console.print(summary_table(job, client.images(job_id)))
