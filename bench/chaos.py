@@ -53,6 +53,7 @@ from testkit.fleet import (
     worker_env,
 )
 from testkit.payloads import batch_payload
+from testkit.settings import loopback_settings
 
 OUT = Path(__file__).resolve().parent / "out" / "chaos.md"
 TEMP_PREFIX = ".tmp-"  # the local storage's in-progress writes
@@ -416,12 +417,7 @@ async def submit_jobs(
 
 async def chaos_bench(config: ChaosConfig, data_dir: Path) -> tuple[Timeline, Outcome]:
     with pg.scratch_database("imagestudio_chaos", migrated=False) as url:
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            data_dir=data_dir,
-            database_url=url,
-            allow_private_urls="127.0.0.1",
-        )
+        settings = loopback_settings(data_dir, url)
         with fake_provider(config) as provider:
             async with open_services(settings) as services:  # migrates the new database
                 jobs = await submit_jobs(services, provider, config)

@@ -49,6 +49,7 @@ from imagestudio.store.records import Succeeded
 from testkit import pg
 from testkit.fleet import clean_env, console_script
 from testkit.payloads import batch_payload
+from testkit.settings import loopback_settings
 
 MODEL = "gpt-image-1"
 CONCURRENCY = 8
@@ -333,12 +334,8 @@ def measure_stages(provider: FakeProvider, stages: Stages) -> dict[str, bytes]:
 async def _measure_backend(
     url: str, workdir: Path, provider: FakeProvider, m: Measurement, result: bytes, big: int
 ) -> None:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=workdir / f"data-{m.backend}-{m.target.size}",
-        database_url=url,
-        allow_private_urls="127.0.0.1",
-        poll_interval=0.05,
+    settings = loopback_settings(
+        workdir / f"data-{m.backend}-{m.target.size}", url, poll_interval=0.05
     )
     async with open_services(settings, migrate=False) as services:
         await _pipeline(services, provider, m)

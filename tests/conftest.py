@@ -20,6 +20,7 @@ from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.db import migrate
 from testkit import pg
+from testkit.settings import loopback_settings
 
 TEMPLATE = f"imagestudio_tpl_{os.getpid()}"  # one per test session: sessions may overlap
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -61,16 +62,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def make_settings(tmp_path: Path, db_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
-        "data_dir": tmp_path / "data",
-        "database_url": db_url,
-        "allow_private_urls": "127.0.0.1",
         "lease_seconds": 5.0,
         "poll_interval": 0.05,
         "backoff_base_seconds": 0.05,
         "backoff_max_seconds": 0.2,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+    return loopback_settings(tmp_path / "data", db_url, **values)
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ from testkit.fleet import (
     worker_env,
 )
 from testkit.payloads import batch_payload
+from testkit.settings import loopback_settings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -76,13 +77,7 @@ def provider() -> Iterator[BackgroundServer]:
 
 @pytest.fixture
 def settings(tmp_path: Path, pg_url: str) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=tmp_path / "data",
-        database_url=pg_url,
-        allow_private_urls="127.0.0.1",
-        max_attempts=MAX_ATTEMPTS,
-    )
+    return loopback_settings(tmp_path / "data", pg_url, max_attempts=MAX_ATTEMPTS)
 
 
 # ---------------------------------------------------------------------------- the chaos

@@ -18,20 +18,14 @@ from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_pr
 from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from testkit.payloads import batch_payload
+from testkit.settings import loopback_settings
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 def settings(tmp_path: Path, pg_url: str) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=tmp_path / "data",
-        database_url=pg_url,
-        allow_private_urls="127.0.0.1",
-        lease_seconds=3.0,
-        poll_interval=0.1,
-    )
+    return loopback_settings(tmp_path / "data", pg_url, lease_seconds=3.0, poll_interval=0.1)
 
 
 @pytest.fixture

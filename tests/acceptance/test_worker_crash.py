@@ -29,6 +29,7 @@ from imagestudio.settings import Settings
 from imagestudio.store.records import ImageRecord
 from testkit.fleet import console_script, worker_env
 from testkit.payloads import batch_payload
+from testkit.settings import loopback_settings
 
 LATENCY_MS = 400
 LEASE_SECONDS = 2.0
@@ -50,13 +51,8 @@ def provider() -> Iterator[BackgroundServer]:
 
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=tmp_path / "data",
-        database_url=db_url,
-        allow_private_urls="127.0.0.1",
-        lease_seconds=LEASE_SECONDS,
-        poll_interval=0.1,
+    return loopback_settings(
+        tmp_path / "data", db_url, lease_seconds=LEASE_SECONDS, poll_interval=0.1
     )
 
 
@@ -312,12 +308,7 @@ async def _freeze(services: Services, worker: WorkerProcess) -> None:
 async def test_stalled_worker_cannot_overwrite_the_newer_attempt(
     tmp_path: Path, pg_url: str, provider: BackgroundServer
 ) -> None:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=tmp_path / "data",
-        database_url=pg_url,
-        allow_private_urls="127.0.0.1",
-    )
+    settings = loopback_settings(tmp_path / "data", pg_url)
     async with open_services(settings) as services:
         job_pk = await _submitted(services, provider, "stall-1")
 
