@@ -13,15 +13,15 @@ image, as in the seed); E has the seed's "automatic retry" (up to 3 retries, sho
 
 The fake provider runs in its own process (``FakeServer``), so its work is not billed to the
 client under test. To leave this small machine's cores to the schedulers being measured, the
-bench's fake renders its answers at 256 px instead of the requested 1024 px and caches its
-sample source photos; the limits, latencies, faults and headers are the real fake's.
+bench's fake renders its answers and sample source photos at 256 px instead of the requested
+1024 px (``FakeProviderConfig(render_size=256)``; the fake caches the samples it has drawn);
+the limits, latencies, faults and headers are the real fake's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import subprocess
 import sys
@@ -42,7 +42,7 @@ from imagestudio.providers.registry import make_provider, provider_size
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-image-1"
-RENDER_SIZE = 256  # what the bench's fake draws, whatever size is asked for
+RENDER_SIZE = 256  # the longer side of what the bench's fake draws, whatever is asked for
 TARGET = OutputSpec(width=256, height=256, format="png", quality=90)
 MAX_PIXELS = 64_000_000
 BATCH_SIZE = 5  # scheme B
@@ -64,23 +64,9 @@ SCHEMES: dict[str, str] = {
 
 def serve_fake(port: int) -> None:
     """Child process: the real fake provider app, rendering small answers (see module doc)."""
-    from imagestudio.providers.fake import server as fake_server
-    from imagestudio.providers.fake.samples import sample_product_photo as original_sample
+    from imagestudio.providers.fake import FakeProviderConfig, run_fake_provider
 
-    original_render = fake_server._render
-
-    def small_render(parsed: Any) -> bytes:
-        parsed.size = (RENDER_SIZE, RENDER_SIZE)
-        return original_render(parsed)
-
-    @functools.lru_cache(maxsize=4096)
-    def small_sample(index: int, label: str, size: tuple[int, int] = (0, 0)) -> bytes:
-        del size
-        return original_sample(index, label, (RENDER_SIZE, RENDER_SIZE))
-
-    setattr(fake_server, "_render", small_render)  # noqa: B010 (this process only)
-    setattr(fake_server, "sample_product_photo", small_sample)  # noqa: B010
-    fake_server.run_fake_provider("127.0.0.1", port, fake_server.FakeProviderConfig())
+    run_fake_provider("127.0.0.1", port, FakeProviderConfig(render_size=RENDER_SIZE))
 
 
 @dataclass

@@ -27,7 +27,7 @@ from imagestudio.api.app import create_app
 from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.domain import API_PREFIX, TERMINAL_JOB_STATUSES
 from imagestudio.observability.logs import configure_logging
-from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
+from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
 from imagestudio.store.db import create_engine
 from testkit.payloads import batch_payload
 

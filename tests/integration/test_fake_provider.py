@@ -16,14 +16,11 @@ import pytest
 from PIL import Image
 
 from imagestudio.cli.background_server import BackgroundServer
+from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
+from imagestudio.providers.fake.faults import sample_latency
+from imagestudio.providers.fake.images import fit_long_side
+from imagestudio.providers.fake.limits import Gcra, format_duration
 from imagestudio.providers.fake.samples import sample_product_photo
-from imagestudio.providers.fake.server import (
-    FakeProviderConfig,
-    Gcra,
-    create_fake_provider_app,
-    format_duration,
-    sample_latency,
-)
 from imagestudio.providers.retry_after import parse_duration
 
 KEY = "sk-test-fake-0123456789"
@@ -348,3 +345,84 @@ def test_gcra_allows_bursts_then_paces() -> None:
     assert limiter.acquire(10.1) == 0.0
     assert limiter.remaining(10.5) == 3
     assert limiter.reset_after(10.5) == 0.0
+
+
+# ---------------------------------------------------------------------------- render size
+
+
+def chat_messages(source: bytes) -> list[dict[str, Any]]:
+    url = "data:image/jpeg;base64," + base64.b64encode(source).decode()
+    content = [
+        {"type": "text", "text": "on marble"},
+        {"type": "image_url", "image_url": {"url": url}},
+    ]
+    return [{"role": "user", "content": content}]
+
+
+async def test_render_size_draws_every_answer_small_in_the_asked_aspect(
+    start_fake: StartFake,
+) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(render_size=128), headers=AUTH) as client:
+        edited = await edit(client, size="1536x1024")
+        square = await edit(client, size="1024x1024")
+        generated = await client.post(
+            "/v1/images/generations",
+            json={"prompt": "a mug", "model": "gpt-image-1", "size": "1024x1536"},
+        )
+        chat = await client.post(
+            "/v1/chat/completions", json={"model": "gemini", "messages": chat_messages(SOURCE)}
+        )
+    assert decode(edited.json()).size == (128, 85)
+    assert decode(square.json()).size == (128, 128)
+    assert decode(generated.json()).size == (85, 128)
+    chat_url = chat.json()["choices"][0]["message"]["images"][0]["image_url"]["url"]
+    chat_image = Image.open(io.BytesIO(base64.b64decode(chat_url.partition(",")[2])))
+    assert chat_image.size == (128, 96)  # the 320x240 source's aspect
+
+
+async def test_render_size_draws_samples_small_and_each_once(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(render_size=64)) as client:
+        first = await client.get("/samples/3.jpg")
+        again = await client.get("/samples/3.jpg")
+        other = await client.get("/samples/4.jpg")
+        await client.post("/_fake/config", json={"render_size": None})
+        full = await client.get("/samples/3.jpg")
+    assert Image.open(io.BytesIO(first.content)).size == (64, 64)
+    assert again.content == first.content
+    assert other.content != first.content
+    assert Image.open(io.BytesIO(full.content)).size == (800, 800)
+
+
+async def test_render_size_is_validated_at_run_time(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake()) as client:
+        refused = [
+            await client.post("/_fake/config", json={"render_size": value})
+            for value in (0, 8, 5000, "big")
+        ]
+        stats = (await client.get("/_fake/stats", params={"calls": "0"})).json()
+    assert [r.status_code for r in refused] == [400, 400, 400, 400]
+    assert "render_size" in error_of(refused[0])["message"]
+    assert stats["config"]["render_size"] is None
+
+
+@pytest.mark.parametrize("render_size", [0, 15, 4097])
+def test_render_size_out_of_range_is_refused(render_size: int) -> None:
+    with pytest.raises(ValueError, match="render_size"):
+        FakeProviderConfig(render_size=render_size).validate()
+
+
+@pytest.mark.parametrize(
+    ("size", "long_side", "fitted"),
+    [
+        ((1024, 1024), None, (1024, 1024)),
+        ((1024, 1024), 256, (256, 256)),
+        ((1536, 1024), 256, (256, 171)),
+        ((1024, 1792), 256, (146, 256)),
+        ((320, 240), 1024, (1024, 768)),
+        ((4096, 16), 256, (256, 16)),
+    ],
+)
+def test_fit_long_side(
+    size: tuple[int, int], long_side: int | None, fitted: tuple[int, int]
+) -> None:
+    assert fit_long_side(size, long_side) == fitted

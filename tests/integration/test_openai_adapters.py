@@ -36,8 +36,8 @@ from imagestudio.errors import (
     RateLimited,
 )
 from imagestudio.providers.base import ImageProvider, ImageRequest, ProviderConfig
+from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
 from imagestudio.providers.fake.samples import sample_product_photo
-from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
 from imagestudio.providers.openai_images import OpenAIImagesProvider
 from imagestudio.providers.registry import make_provider
 

@@ -15,7 +15,7 @@ import pytest
 
 from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.errors import ApiKeyRequired
-from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
+from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
 from imagestudio.runtime.services import Services
 from imagestudio.store.records import JobRecord
 from testkit.payloads import batch_payload

@@ -17,7 +17,7 @@ from imagestudio.api.app import create_app
 from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.cli.client import ApiClient, follow, summary_table
 from imagestudio.cli.example import seed_example
-from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
+from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
 from imagestudio.settings import Settings
 
 DEMO_KEY = "sk-demo-not-a-real-key"

@@ -122,9 +122,13 @@ def fake_provider(
     ] = "fixed",
     error_rate: Annotated[float, typer.Option(help="Share of calls answering 500.")] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    render_size: Annotated[
+        int | None,
+        typer.Option(help="Draw images this many pixels on the longer side, whatever is asked."),
+    ] = None,
 ) -> None:
     """Run the built-in OpenAI-compatible image server with limits and fault injection."""
-    from imagestudio.providers.fake.server import FakeProviderConfig, run_fake_provider
+    from imagestudio.providers.fake import FakeProviderConfig, run_fake_provider
 
     config = FakeProviderConfig(
         rpm=rpm,
@@ -133,6 +137,7 @@ def fake_provider(
         latency_dist=latency_dist,  # type: ignore[arg-type]
         error_rate=error_rate,
         seed=seed,
+        render_size=render_size,
     )
     try:
         config.validate()
