@@ -36,11 +36,8 @@ from pathlib import Path
 import httpx
 
 from imagestudio.cli.background_server import BackgroundServer
-from imagestudio.providers.fake.server import (
-    FakeProviderConfig,
-    create_fake_provider_app,
-    key_fingerprint,
-)
+from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
+from imagestudio.providers.fake.state import key_fingerprint
 from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.records import AttemptRecord, ImageRecord

@@ -39,8 +39,9 @@ from PIL import Image
 from imagestudio.cli.background_server import free_port
 from imagestudio.domain import OutputSpec
 from imagestudio.imaging.process import postprocess, prepare_source
+from imagestudio.providers.fake.images import render_edit
+from imagestudio.providers.fake.protocol import parse_size
 from imagestudio.providers.fake.samples import sample_product_photo
-from imagestudio.providers.fake.server import parse_size, render_edit
 from imagestudio.providers.registry import provider_size
 from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from imagestudio.cli.background_server import BackgroundServer
-from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
+from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
 from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.db import migrate

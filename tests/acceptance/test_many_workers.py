@@ -14,7 +14,7 @@ import pytest
 from test_worker_crash import worker_process  # tests/acceptance is on the path (prepend mode)
 
 from imagestudio.cli.background_server import BackgroundServer
-from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
+from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
 from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from testkit.payloads import batch_payload

@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.domain import TERMINAL_JOB_STATUSES
-from imagestudio.providers.fake.server import FakeProviderConfig, create_fake_provider_app
+from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
 from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.records import ImageRecord
