@@ -74,10 +74,11 @@ from bench.schemes import (
     run_scheme,
 )
 from imagestudio.observability.logs import configure_logging
-from imagestudio.policy.governor import GovernorState
+from imagestudio.policy.governor import GovernorState, Observation
 from imagestudio.runtime.services import Services, open_services
+from imagestudio.scheduler.probe import Probe, Stage
 from imagestudio.settings import Settings
-from imagestudio.store.records import AttemptRecord, JobRecord
+from imagestudio.store.records import AttemptRecord, ClaimedTask, JobRecord
 from testkit import pg
 from testkit.fleet import console_script, worker_env
 from testkit.payloads import batch_payload
@@ -432,65 +433,45 @@ def new_key() -> str:
     return f"sk-bench-{uuid.uuid4().hex[:16]}"  # a fresh key: a governor from scratch
 
 
-def record_governor(services: Services, started: float, out: list[dict[str, Any]]) -> None:
-    """Keep the governor's state after every call it observes (``end_call`` returns it).
+class BenchProbe(Probe):
+    """What the benchmark watches of the service, through ``scheduler.probe`` (nothing is
+    patched): the governor's state after every call it observes, and the seconds of the
+    service's own steps around the provider call. Nothing is kept before ``begin``.
 
-    An instrument on this ``Store`` instance only: polling ``governor_states()`` often enough
-    to see the window move costs the service measurably at this time compression.
+    A probe, not polling: reading ``governor_states()`` often enough to see the window move
+    costs the service measurably at this time compression.
     """
-    original = services.store.end_call
 
-    async def end_call(task: Any, sent_at: float, observation: Any) -> GovernorState | None:
-        state = await original(task, sent_at, observation)
-        if state is not None and observation is not None:
-            out.append(
-                {
-                    "t": observation.now - started,
-                    "kind": observation.kind,
-                    "window": state.effective_window,
-                    "rate": state.effective_rate,
-                    "ceiling": state.ceiling,
-                    "ssthresh": state.ssthresh,
-                    "rate_limited": state.rate_limited,
-                    "cooldown": max(0.0, state.cooldown_until - observation.now),
-                    "latency": state.latency,
-                    "base_latency": state.base_latency,
-                }
-            )
-        return state
+    def __init__(self) -> None:
+        self.started: float | None = None  # epoch seconds
+        self.samples: list[dict[str, Any]] = []  # governor over time
+        self.stages: dict[str, list[float]] = {}  # seconds per call of a step
 
-    setattr(services.store, "end_call", end_call)  # noqa: B010 (an instance attribute)
+    def begin(self, started: float) -> None:
+        self.started = started
 
+    def governor(self, task: ClaimedTask, observation: Observation, state: GovernorState) -> None:
+        if self.started is None:
+            return
+        self.samples.append(
+            {
+                "t": observation.now - self.started,
+                "job": task.job.job_id,
+                "kind": observation.kind,
+                "window": state.effective_window,
+                "rate": state.effective_rate,
+                "ceiling": state.ceiling,
+                "ssthresh": state.ssthresh,
+                "rate_limited": state.rate_limited,
+                "cooldown": max(0.0, state.cooldown_until - observation.now),
+                "latency": state.latency,
+                "base_latency": state.base_latency,
+            }
+        )
 
-STAGES = (
-    ("store", "claim_batch", "claim"),
-    ("store", "still_held", "still held"),
-    ("store", "end_call", "end call"),
-    ("store", "finish", "finish"),
-    ("fetcher", "fetch", "source fetch"),
-    ("storage", "put", "storage put"),
-)
-
-
-def time_stages(services: Services, out: dict[str, list[float]]) -> None:
-    """Time the service's own steps around each provider call (instance attributes only)."""
-    owners = {
-        "store": services.store,
-        "fetcher": services.runner.fetcher,
-        "storage": services.storage,
-    }
-    for owner_name, method, label in STAGES:
-        owner = owners[owner_name]
-        original = getattr(owner, method)
-
-        async def timed(*args: Any, _f: Any = original, _l: str = label, **kwargs: Any) -> Any:
-            began = time.perf_counter()
-            try:
-                return await _f(*args, **kwargs)
-            finally:
-                out.setdefault(_l, []).append(time.perf_counter() - began)
-
-        setattr(owner, method, timed)
+    def stage(self, name: Stage, seconds: float) -> None:
+        if self.started is not None and name is not Stage.PROVIDER_CALL:
+            self.stages.setdefault(str(name), []).append(seconds)
 
 
 async def imagestudio_run(
@@ -498,7 +479,8 @@ async def imagestudio_run(
 ) -> Run:
     pins = scenario.pins(fake.api_base) if told else {}
     settings = service_settings(workdir, provider_limits=pins)
-    async with open_services(settings) as services:
+    probe = BenchProbe()
+    async with open_services(settings, probe=probe) as services:
         payload = batch_payload(
             fake.url,
             f"governor-{scenario.slug}-{uuid.uuid4().hex[:6]}",
@@ -508,11 +490,8 @@ async def imagestudio_run(
         )
         job = (await services.jobs.submit(payload, None)).job
         fake.start(**scenario.fake_config())
-        samples: list[dict[str, Any]] = []
-        stages: dict[str, list[float]] = {}
         started_wall, started = time.time(), time.monotonic()
-        record_governor(services, started_wall, samples)
-        time_stages(services, stages)
+        probe.begin(started_wall)
         events = asyncio.create_task(drive_events(fake.url, scenario.limit_events(), started))
         await services.worker(WORKER_SLOTS).run_until_idle()
         elapsed = time.monotonic() - started
@@ -537,9 +516,9 @@ async def imagestudio_run(
         attempted=len(images),
         calls=stats["calls"],
         failures=failures,
-        samples=samples,
+        samples=probe.samples,
         attempts=_attempt_spans(attempts, started_wall + elapsed),
-        stages=stages,
+        stages=probe.stages,
     )
 
 
@@ -678,7 +657,8 @@ async def mixed_users(
 ) -> MixedResult:
     settings = service_settings(workdir)
     key = new_key()  # one team account: every user's jobs share the provider key
-    async with open_services(settings) as services:
+    probe = BenchProbe()
+    async with open_services(settings, probe=probe) as services:
         fake.start(
             concurrency=concurrency,
             rpm=None,
@@ -698,8 +678,8 @@ async def mixed_users(
             size=256,
         )
         big_job = (await services.jobs.submit(big_payload, None)).job
-        samples: list[dict[str, Any]] = []
-        record_governor(services, time.time(), samples)
+        samples = probe.samples
+        probe.begin(time.time())
         stop = asyncio.Event()
         worker = asyncio.create_task(services.worker(WORKER_SLOTS).run(stop))
         await asyncio.sleep(head_start)  # the big job holds every slot when the others arrive

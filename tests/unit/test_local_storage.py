@@ -1,4 +1,4 @@
-"""LocalStorage: atomic writes, key validation, listing; open_storage URLs."""
+"""LocalStorage: atomic writes, key validation, listing, serving; open_storage URLs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imagestudio.errors import StorageError
-from imagestudio.storage import LocalStorage, ResultStorage, open_storage
+from imagestudio.storage import LocalFile, LocalStorage, ResultStorage, open_storage
 
 
 @pytest.fixture
@@ -123,3 +123,31 @@ async def test_discard_partials_removes_a_killed_writers_temp_files(tmp_path: Pa
     assert await storage.discard_partials("job/") == 1
     assert await storage.list("job/") == ["job/0000-a1.png"]
     assert (tmp_path / "other" / ".tmp-live.part").exists()
+
+
+async def test_serve_names_the_file_and_its_media_type(storage: LocalStorage) -> None:
+    await storage.put("job/0000-a1.png", b"png", "image/png")
+    await storage.put("job/0001-a1.jpg", b"jpg", "image/jpeg")
+    await storage.put("job/0002-a1.webp", b"webp", "image/webp")
+    await storage.put("job/0003-a1.bin", b"bin", "application/octet-stream")
+    served = [await storage.serve(key) for key in await storage.list("job/")]
+    assert served == [
+        LocalFile(storage.path_for("job/0000-a1.png"), "image/png"),
+        LocalFile(storage.path_for("job/0001-a1.jpg"), "image/jpeg"),
+        LocalFile(storage.path_for("job/0002-a1.webp"), "image/webp"),
+        LocalFile(storage.path_for("job/0003-a1.bin"), "application/octet-stream"),
+    ]
+
+
+@pytest.mark.parametrize("key", ["job/missing.png", "job", "../escape.png", ".hidden", "a//b"])
+async def test_serve_refuses_missing_and_invalid_keys(storage: LocalStorage, key: str) -> None:
+    (storage.root / "job").mkdir(parents=True)  # a folder is not a result either
+    with pytest.raises(StorageError):
+        await storage.serve(key)
+
+
+def test_local_results_have_no_address_of_their_own(storage: LocalStorage) -> None:
+    # None: the recorded result URL is the API's files route (see RunnerConfig.files_url).
+    assert storage.public_url("job/0000-a1.png") is None
+    with pytest.raises(StorageError, match="invalid storage key"):
+        storage.public_url("../escape.png")

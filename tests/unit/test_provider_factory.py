@@ -1,4 +1,4 @@
-"""Factory tables (api style, provider size), adapter construction and pure request shaping."""
+"""The adapter table, api style and size choice, adapter construction and request shaping."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import httpx
 import pytest
 from openai.types.chat import ChatCompletionMessage
 
-from imagestudio.domain import SourceFile
-from imagestudio.errors import NoImageReturned
+from imagestudio.domain import API_STYLES, SourceFile
+from imagestudio.errors import NoImageReturned, PayloadInvalid
+from imagestudio.jobs.intake import parse_payload
 from imagestudio.providers.base import ImageRequest, ProviderConfig
 from imagestudio.providers.openai_chat import OpenAIChatProvider, chat_messages, image_urls
 from imagestudio.providers.openai_images import (
@@ -17,7 +18,13 @@ from imagestudio.providers.openai_images import (
     image_params,
     looks_like_image,
 )
-from imagestudio.providers.registry import choose_api_style, make_provider, provider_size
+from imagestudio.providers.registry import (
+    ADAPTERS,
+    choose_api_style,
+    make_provider,
+    provider_size,
+)
+from testkit.payloads import batch_payload
 
 PNG_B64 = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
@@ -52,7 +59,7 @@ def test_choose_api_style(model: str, explicit: str | None, style: str) -> None:
 
 
 def test_choose_api_style_rejects_unknown_explicit_style() -> None:
-    with pytest.raises(ValueError, match="api style"):
+    with pytest.raises(ValueError, match="unknown api style 'responses'; supported: images, chat"):
         choose_api_style("gpt-image-1", "responses")
 
 
@@ -84,16 +91,41 @@ def test_provider_size_rejects_empty_target() -> None:
         provider_size("gpt-image-1", 0, 100)
 
 
-@pytest.mark.parametrize(
-    ("style", "cls"), [("images", OpenAIImagesProvider), ("chat", OpenAIChatProvider)]
-)
-async def test_make_provider_builds_the_adapter_for_the_style(style: str, cls: type) -> None:
-    config = ProviderConfig("http://127.0.0.1:9/v1", "sk-test", "m", style)  # type: ignore[arg-type]
-    provider = make_provider(config)
+def test_the_table_has_an_adapter_for_every_api_style_and_nothing_else() -> None:
+    assert tuple(ADAPTERS) == API_STYLES
+    assert dict(ADAPTERS) == {"images": OpenAIImagesProvider, "chat": OpenAIChatProvider}
+
+
+@pytest.mark.parametrize(("style", "adapter"), list(ADAPTERS.items()))
+async def test_make_provider_builds_every_style_in_the_table(style: str, adapter: object) -> None:
+    provider = make_provider(ProviderConfig("http://127.0.0.1:9/v1", "sk-test", "m", style))
     try:
-        assert isinstance(provider, cls)
+        assert type(provider) is adapter
     finally:
         await provider.aclose()
+
+
+@pytest.mark.parametrize("style", ["responses", "", "Images"])
+def test_make_provider_refuses_a_style_the_table_lacks(style: str) -> None:
+    config = ProviderConfig("http://127.0.0.1:9/v1", "sk-test", "m", style)
+    supported = ", ".join(ADAPTERS)
+    with pytest.raises(ValueError, match=f"unknown api style {style!r}; supported: {supported}$"):
+        make_provider(config)
+
+
+@pytest.mark.parametrize("style", [*ADAPTERS, None])
+def test_payload_accepts_every_style_in_the_table(style: str | None) -> None:
+    payload = parse_payload(batch_payload("http://127.0.0.1:9", "j", options={"api_style": style}))
+    assert payload.options.api_style == style
+
+
+def test_payload_validation_names_the_styles_of_the_table() -> None:
+    raw = batch_payload("http://127.0.0.1:9", "j", options={"api_style": "responses"})
+    with pytest.raises(PayloadInvalid) as caught:
+        parse_payload(raw)
+    assert caught.value.field == "options.api_style"
+    assert caught.value.reason == "unknown api style 'responses'; supported: images, chat"
+    assert all(style in caught.value.reason for style in ADAPTERS)
 
 
 async def test_an_injected_client_stays_open_after_aclose() -> None:

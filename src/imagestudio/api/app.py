@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from imagestudio.api.routes import jobs, system
+from imagestudio.api.routes import files, jobs, system
 from imagestudio.domain import API_PREFIX
 from imagestudio.errors import ApiKeyRequired, JobConflict, JobNotFound, PayloadInvalid
 from imagestudio.runtime.services import open_services
@@ -40,6 +40,7 @@ def create_app(settings: Settings, *, workers: int = 0) -> FastAPI:
     app.state.worker_loop = None
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(system.router, prefix=API_PREFIX)
+    app.include_router(files.router, prefix=API_PREFIX)
     app.add_api_route("/healthz", system.healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", system.metrics, methods=["GET"], include_in_schema=False)
     _error_handlers(app)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from imagestudio.domain import ApiStyle
+from imagestudio.providers.registry import is_api_style, unknown_api_style
 
 SUPPORTED_MODES = ("batch_series_generate", "single_generate")
 BATCH_SKU = "__batch__"
@@ -52,9 +52,16 @@ class JobOptions(_Open):
     quality: int | None = None
     use_english: bool = False
     prompt_templates: dict[str, str] = Field(default_factory=dict)
-    api_style: ApiStyle | None = None
+    api_style: str | None = None  # one of ``providers.registry.ADAPTERS``; None: by model
     max_concurrency: int | None = Field(default=None, ge=1)
     sku_serial: bool = False
+
+    @field_validator("api_style")
+    @classmethod
+    def _known_api_style(cls, value: str | None) -> str | None:
+        if value is not None and not is_api_style(value):
+            raise ValueError(unknown_api_style(value))
+        return value
 
 
 class JobPayload(_Open):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from imagestudio.domain import ApiStyle, RateInfo, SourceFile
+from imagestudio.domain import RateInfo, SourceFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,7 @@ class ProviderConfig:
     api_base: str
     api_key: str
     model: str
-    api_style: ApiStyle
+    api_style: str  # a key of ``providers.registry.ADAPTERS``
     timeout_seconds: float = 180.0
 
 

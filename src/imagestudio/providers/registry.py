@@ -1,19 +1,46 @@
 """Choosing how to talk to a model, and at what size, and building the provider.
 
-``choose_api_style`` and ``provider_size`` are pure; ``make_provider`` builds the adapter.
-Model names may carry a vendor prefix (``openai/gpt-image-1``, ``google/gemini-...``): the
-family is read from the part after the last ``/``.
+``ADAPTERS`` is the one table of adapters, by api style: ``make_provider`` builds from it and
+the payload's ``options.api_style`` is checked against it. ``choose_api_style`` and
+``provider_size`` are pure. Model names may carry a vendor prefix (``openai/gpt-image-1``,
+``google/gemini-...``): the family is read from the part after the last ``/``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Literal, Protocol, TypeGuard
 
+from imagestudio.domain import ApiStyle
 from imagestudio.providers.base import ImageProvider, ProviderConfig
 from imagestudio.providers.openai_chat import OpenAIChatProvider
 from imagestudio.providers.openai_images import HttpClient, OpenAIImagesProvider
 
-ApiStyle = Literal["images", "chat"]
+
+class Adapter(Protocol):
+    """How an adapter is built: its config, and optionally an HTTP client it does not own."""
+
+    def __call__(
+        self, config: ProviderConfig, *, http_client: HttpClient | None = None
+    ) -> ImageProvider: ...
+
+
+# Every api style and the adapter that speaks it. A new style is one line here (and its name
+# in ``domain.ApiStyle``, which types the normalized job).
+ADAPTERS: Mapping[ApiStyle, Adapter] = {
+    "images": OpenAIImagesProvider,
+    "chat": OpenAIChatProvider,
+}
+
+
+def is_api_style(value: str) -> TypeGuard[ApiStyle]:
+    return value in ADAPTERS
+
+
+def unknown_api_style(value: str) -> str:
+    """The refusal of an api style not in ``ADAPTERS``, naming the ones that are."""
+    return f"unknown api style {value!r}; supported: {', '.join(ADAPTERS)}"
+
 
 _CHAT_PREFIXES = ("gpt-4", "gpt-5", "chatgpt", "gemini", "claude")
 _IMAGES_PREFIXES = ("gpt-image", "dall-e")
@@ -26,13 +53,12 @@ def model_family(model: str) -> str:
 
 
 def choose_api_style(model: str, explicit: str | None = None) -> ApiStyle:
-    """``images`` or ``chat`` for a model; an explicit choice wins."""
-    if explicit == "images":
-        return "images"
-    if explicit == "chat":
-        return "chat"
+    """The api style for a model (by its family; ``images`` when unknown); an explicit
+    choice wins and must be in ``ADAPTERS``."""
     if explicit:
-        raise ValueError(f"unknown api style {explicit!r}: expected 'images' or 'chat'")
+        if is_api_style(explicit):
+            return explicit
+        raise ValueError(unknown_api_style(explicit))
     family = model_family(model)
     if family.startswith(_IMAGES_PREFIXES):
         return "images"
@@ -74,7 +100,9 @@ def provider_size(model: str, width: int, height: int) -> str:
 def make_provider(
     config: ProviderConfig, *, http_client: HttpClient | None = None
 ) -> ImageProvider:
-    """The adapter for ``config.api_style``; ``http_client`` (if given) stays the caller's."""
-    if config.api_style == "chat":
-        return OpenAIChatProvider(config, http_client=http_client)
-    return OpenAIImagesProvider(config, http_client=http_client)
+    """The adapter ``ADAPTERS`` has for ``config.api_style`` (``ValueError`` if none);
+    ``http_client`` (if given) stays the caller's."""
+    style = config.api_style
+    if not is_api_style(style):
+        raise ValueError(unknown_api_style(style))
+    return ADAPTERS[style](config, http_client=http_client)

@@ -20,6 +20,7 @@ from imagestudio.jobs.service import JobService
 from imagestudio.observability.metrics import Metrics
 from imagestudio.policy.governor import GovernorParams
 from imagestudio.policy.retry import RetryPolicy
+from imagestudio.scheduler.probe import NO_PROBE, Probe
 from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
 from imagestudio.scheduler.worker import Worker, WorkerConfig
 from imagestudio.security.crypto import SecretBox, load_or_create_key
@@ -70,13 +71,18 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 
 def files_url(settings: Settings) -> str:
+    """Where the API serves results (``public_base_url`` + the files route): the result URL
+    of every key the storage has no public address for (``ResultStorage.public_url``)."""
     base = (settings.public_base_url or "").rstrip("/")
     return f"{base}{FILES_PATH}"
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Services]:
-    """Everything a process needs, closed in order when the block ends."""
+async def open_services(
+    settings: Settings, *, migrate: bool = True, probe: Probe = NO_PROBE
+) -> AsyncIterator[Services]:
+    """Everything a process needs, closed in order when the block ends. ``probe`` sees the
+    workers' steps and governor moves (benchmarks, tests)."""
     url = settings.effective_database_url
     if migrate:
         await migrate_async(url)
@@ -109,6 +115,7 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
             provider_timeout=settings.provider_timeout_seconds,
             files_url=files_url(settings),
         ),
+        probe=probe,
     )
     wakeup = asyncio.Event()
     jobs = JobService(

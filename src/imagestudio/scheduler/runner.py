@@ -42,6 +42,7 @@ from imagestudio.policy.retry import (
 )
 from imagestudio.providers.base import ImageProvider, ImageRequest, ProviderConfig
 from imagestudio.providers.registry import make_provider, provider_size
+from imagestudio.scheduler.probe import NO_PROBE, Probe, Stage, timed
 from imagestudio.security.crypto import SecretBox
 from imagestudio.storage import ResultStorage, sweep
 from imagestudio.store.records import ClaimedTask, Failed, Outcome, Requeue, Succeeded
@@ -97,7 +98,13 @@ class RunnerConfig:
     policy: RetryPolicy
     max_pixels: int
     provider_timeout: float
-    files_url: str  # prefix for result URLs, e.g. "/api/v1/image_studio/files"
+    files_url: str  # the API's files route, e.g. "/api/v1/image_studio/files"
+
+
+def result_url(storage: ResultStorage, files_url: str, key: str) -> str:
+    """The URL recorded for a result: the storage's own stable address if it has one (a
+    public bucket), else the API's files route, which asks the storage how to serve it."""
+    return storage.public_url(key) or f"{files_url}/{key}"
 
 
 def _nothing() -> None:
@@ -163,7 +170,7 @@ class ProviderPool:
             api_base=job.api_base,
             api_key=self._box.open(sealed),
             model=job.model,
-            api_style="chat" if job.api_style == "chat" else "images",
+            api_style=job.api_style,
             timeout_seconds=self._timeout,
         )
         self._providers[key] = make_provider(config)
@@ -200,10 +207,12 @@ class TaskRunner:
         config: RunnerConfig,
         metrics: Metrics,
         rng: random.Random | None = None,
+        probe: Probe = NO_PROBE,
     ) -> None:
         self.store, self.storage, self.fetcher, self.metrics = store, storage, fetcher, metrics
         self.providers, self.config = providers, config
         self.rng = rng or random.Random()
+        self.probe = probe
 
     async def run(self, task: ClaimedTask, hooks: RunHooks | None = None) -> None:
         """Run one claimed task to a recorded outcome (see ``RunHooks`` for what the worker
@@ -225,7 +234,8 @@ class TaskRunner:
             outcome = self._decide(task, exc)
         hooks.recording()
         try:
-            status = await self.store.finish(task, outcome)
+            with timed(self.probe, Stage.FINISH):
+                status = await self.store.finish(task, outcome)
         except LeaseLost:
             bound.warning("lease lost; result discarded")
             if isinstance(outcome, Succeeded):
@@ -245,7 +255,8 @@ class TaskRunner:
         if task.attempts > self.config.policy.max_attempts:
             raise ImageStudioError(f"worker lost {task.attempts - 1} times while running it")
         job = task.job
-        source = await self.fetcher.fetch(task.source_url)
+        with timed(self.probe, Stage.SOURCE_FETCH):
+            source = await self.fetcher.fetch(task.source_url)
         prepared = await asyncio.to_thread(
             prepare_source, source.data, source.filename, max_pixels=self.config.max_pixels
         )
@@ -256,7 +267,9 @@ class TaskRunner:
             source=prepared,
         )
         async with self.providers.lease(task) as provider:
-            if not await self.store.still_held(task):  # cancelled while the source was fetched
+            with timed(self.probe, Stage.STILL_HELD):
+                held = await self.store.still_held(task)
+            if not held:  # cancelled while the source was fetched
                 raise LeaseLost("the task was cancelled or taken over before the provider call")
             try:
                 raw = await self._call(task, provider, request)
@@ -266,9 +279,11 @@ class TaskRunner:
             postprocess, raw, job.output, max_pixels=self.config.max_pixels
         )
         key = result_key(task)
-        await self.storage.put(key, data, CONTENT_TYPES[job.output.format])
+        with timed(self.probe, Stage.STORAGE_PUT):
+            await self.storage.put(key, data, CONTENT_TYPES[job.output.format])
         await self._remove_older(task)
-        return Succeeded(result_key=key, result_url=f"{self.config.files_url}/{key}")
+        url = result_url(self.storage, self.config.files_url, key)
+        return Succeeded(result_key=key, result_url=url)
 
     async def _call(
         self, task: ClaimedTask, provider: ImageProvider, request: ImageRequest
@@ -276,7 +291,8 @@ class TaskRunner:
         """One provider call; what it tells about the provider's limits goes to its governor."""
         sent_at = time.time()
         try:
-            result = await provider.generate(request)
+            with timed(self.probe, Stage.PROVIDER_CALL):
+                result = await provider.generate(request)
         except ProviderError as exc:
             self.metrics.provider_calls.labels(error_kind(exc)).inc()
             await self._end_call(task, sent_at, governor_observation(exc, sent_at, time.time()))
@@ -294,9 +310,13 @@ class TaskRunner:
         if observation is not None and observation.kind == "rate_limited":
             self.metrics.rate_limited.inc()
         try:
-            await self.store.end_call(task, sent_at, observation)
+            with timed(self.probe, Stage.END_CALL):
+                state = await self.store.end_call(task, sent_at, observation)
         except Exception:  # the governor learns from the next call; the image goes on
             log.exception("recording the call's end failed", job_id=task.job.job_id)
+            return
+        if observation is not None and state is not None:
+            self.probe.governor(task, observation, state)
 
     def _decide(self, task: ClaimedTask, exc: BaseException) -> Outcome:
         now = self.store.clock()

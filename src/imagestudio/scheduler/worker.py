@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from imagestudio.scheduler.probe import Probe, Stage, timed
 from imagestudio.scheduler.runner import RunHooks, TaskRunner
 from imagestudio.store.records import ClaimedTask
 from imagestudio.store.store import Store
@@ -65,8 +66,10 @@ class Worker:
         *,
         worker_id: str | None = None,
         wakeup: asyncio.Event | None = None,
+        probe: Probe | None = None,
     ) -> None:
         self.store, self.runner, self.config = store, runner, config
+        self.probe = runner.probe if probe is None else probe  # one probe sees a task's life
         self.id = worker_id or new_worker_id()
         self.wakeup = wakeup or asyncio.Event()
         # Keyed by (image id, fence): after a stall this worker may hold a newer attempt of
@@ -121,7 +124,8 @@ class Worker:
         if free <= 0:
             return 0, None
         try:
-            claim = await self.store.claim_batch(self.id, free, self.config.lease_seconds)
+            with timed(self.probe, Stage.CLAIM):
+                claim = await self.store.claim_batch(self.id, free, self.config.lease_seconds)
         except Exception:
             log.exception("claim failed; will retry", worker=self.id)
             await asyncio.sleep(self.config.poll_interval)

@@ -11,10 +11,18 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from imagestudio.errors import StorageError
-from imagestudio.storage.base import ResultStorage
+from imagestudio.storage.base import LocalFile, Redirect, ResultStorage, Served
 from imagestudio.storage.local import LocalStorage
 
-__all__ = ["LocalStorage", "ResultStorage", "open_storage", "sweep"]
+__all__ = [
+    "LocalFile",
+    "LocalStorage",
+    "Redirect",
+    "ResultStorage",
+    "Served",
+    "open_storage",
+    "sweep",
+]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 

@@ -15,7 +15,9 @@ import tempfile
 from pathlib import Path
 
 from imagestudio.errors import StorageError
+from imagestudio.storage.base import LocalFile, Served
 
+MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
 _SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _PREFIX = re.compile(r"[A-Za-z0-9._/-]*")
 _TEMP_PREFIX = ".tmp-"
@@ -91,8 +93,14 @@ def _discard_partials(root: Path, prefix: str) -> int:
     return removed
 
 
+def media_type(path: Path) -> str:
+    """The MIME type of a result file, from its extension."""
+    return MEDIA_TYPES.get(path.suffix.lstrip(".").lower(), "application/octet-stream")
+
+
 class LocalStorage:
-    """``ResultStorage`` in a folder: key ``a/b.png`` is the file ``root/a/b.png``."""
+    """``ResultStorage`` in a folder: key ``a/b.png`` is the file ``root/a/b.png``, served by
+    the API's files route (it has no address of its own)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).expanduser().resolve()
@@ -134,3 +142,13 @@ class LocalStorage:
             return await asyncio.to_thread(_list_keys, self.root, prefix)
         except OSError as exc:
             raise StorageError(f"cannot list {prefix!r}: {exc}") from exc
+
+    def public_url(self, key: str) -> str | None:
+        validate_key(key)
+        return None
+
+    async def serve(self, key: str) -> Served:
+        path = self.path_for(key)
+        if not await asyncio.to_thread(path.is_file):
+            raise StorageError(f"no stored result under {key!r}")
+        return LocalFile(path, media_type(path))

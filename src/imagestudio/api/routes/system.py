@@ -1,19 +1,14 @@
-"""Health, metrics and result files."""
+"""Health and metrics."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from imagestudio.api.deps import ServicesDep
-from imagestudio.errors import StorageError
-from imagestudio.storage.local import LocalStorage
 
 router = APIRouter()
-
-MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 @router.get("/healthz")
@@ -36,20 +31,3 @@ async def metrics(services: ServicesDep) -> Response:
     store = services.store
     services.metrics.refresh(await store.queue_depth(), await store.governor_states())
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get("/files/{key:path}")
-async def result_file(services: ServicesDep, key: str) -> FileResponse:
-    storage = services.storage
-    if not isinstance(storage, LocalStorage):
-        raise HTTPException(404, "results are served by the storage bucket")
-    try:
-        path = storage.path_for(key)
-    except StorageError as exc:
-        raise HTTPException(404, "no such file") from exc
-    if not path.is_file():
-        raise HTTPException(404, "no such file")
-    media = MEDIA_TYPES.get(path.suffix.lstrip(".").lower(), "application/octet-stream")
-    return FileResponse(
-        path, media_type=media, headers={"Cache-Control": "public, max-age=31536000, immutable"}
-    )
