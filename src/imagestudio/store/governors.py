@@ -1,20 +1,45 @@
-"""Provider governor rows: read, write and apply (the decisions are in scheduler.governor)."""
+"""Provider governor rows: the key naming them, create, read, write, and the view for display.
+
+The decisions (how a window, a pace or a cooldown moves) are pure, in ``policy.governor``;
+this module only moves ``GovernorState`` values in and out of ``provider_governor``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from imagestudio.domain import ImageStatus
 from imagestudio.policy.governor import GovernorParams, GovernorState, initial_state
-from imagestudio.store.tables import provider_governor
+from imagestudio.store.records import GovernorView
+from imagestudio.store.tables import ai_job, ai_job_image, provider_governor
 
 STATE_FIELDS = [f.name for f in dataclasses.fields(GovernorState)]
+Pin = tuple[float | None, float | None]  # (window, starts per second) an operator fixed
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Defaults:
+    """What a new governor starts from: the parameters, and the pins per API base."""
+
+    params: GovernorParams
+    pins: Mapping[str, Pin]
+
+    def pin(self, api_base: str) -> Pin:
+        return self.pins.get(api_base.rstrip("/"), (None, None))
+
+
+def provider_key(api_base: str, api_key: str, model: str) -> str:
+    """Identifies one provider account and model without revealing the key."""
+    digest = hashlib.sha256(f"{api_base}\n{api_key}\n{model}".encode()).hexdigest()
+    return digest[:32]
 
 
 def to_state(row: Row[Any]) -> GovernorState:
@@ -31,13 +56,13 @@ async def ensure(
     key: str,
     api_base: str,
     model: str,
-    params: GovernorParams,
-    pins: tuple[float | None, float | None],
+    defaults: Defaults,
     now: datetime,
 ) -> None:
     """Create the key's governor (keeping a learned state if it exists); apply the pins."""
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    state = initial_state(params, window=pins[0], rate=pins[1])
+    pins = defaults.pin(api_base)
+    state = initial_state(defaults.params, window=pins[0], rate=pins[1])
     stmt = dialect_insert(provider_governor).values(
         key=key, api_base=api_base, model=model, updated_at=now, **state_values(state)
     )
@@ -51,6 +76,7 @@ async def ensure(
 async def load(
     conn: AsyncConnection, keys: Iterable[str], *, lock: bool
 ) -> dict[str, GovernorState]:
+    """The states of ``keys``; ``lock`` holds their rows until commit (PostgreSQL)."""
     query = select(provider_governor).where(provider_governor.c.key.in_(sorted(set(keys))))
     if lock and conn.dialect.name == "postgresql":
         query = query.with_for_update()
@@ -63,3 +89,31 @@ async def save(conn: AsyncConnection, key: str, state: GovernorState, now: datet
         .where(provider_governor.c.key == key)
         .values(updated_at=now, **state_values(state))
     )
+
+
+async def views(conn: AsyncConnection, keys: Sequence[str] | None = None) -> list[GovernorView]:
+    """The governors (all, or those of ``keys``) with their tasks in a provider call."""
+    gov, running, job = provider_governor, ai_job_image, ai_job
+    in_flight = (
+        select(job.c.provider_key, func.count().label("n"))
+        .select_from(running.join(job, job.c.id == running.c.job_pk))
+        .where(running.c.status == ImageStatus.RUNNING.value, running.c.call_ended_at.is_(None))
+        .group_by(job.c.provider_key)
+        .subquery()
+    )
+    query = select(gov, func.coalesce(in_flight.c.n, 0).label("in_flight")).outerjoin(
+        in_flight, in_flight.c.provider_key == gov.c.key
+    )
+    if keys is not None:
+        query = query.where(gov.c.key.in_(list(keys)))
+    rows = (await conn.execute(query.order_by(gov.c.key))).all()
+    return [
+        GovernorView(
+            key=r.key,
+            api_base=r.api_base,
+            model=r.model,
+            state=to_state(r),
+            in_flight=int(r.in_flight),
+        )
+        for r in rows
+    ]

@@ -136,10 +136,13 @@ class JobProgress:
 
 @dataclass(frozen=True, slots=True)
 class EventRecord:
+    """One event of the outbox (``store.outbox``); ``id`` is what a consumer acks."""
+
     id: int
     type: str
     data: dict[str, Any]
     created_at: datetime
+    job_pk: str
 
 
 @dataclass(frozen=True, slots=True)

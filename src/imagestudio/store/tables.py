@@ -165,7 +165,21 @@ ai_job_event = Table(
     Column("type", String(32), nullable=False),
     Column("data", Json, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # PostgreSQL: the writing transaction's id (``store.outbox``: read in (tx, id) order). 0 on
+    # SQLite, whose writers are serialized, and on rows older than migration 0003.
+    Column("tx", BigInteger, nullable=False, server_default="0"),
     Index(None, "job_pk", "id"),
+    Index(None, "tx", "id"),
+)
+
+event_cursor = Table(
+    "event_cursor",
+    metadata,
+    # One row per outbox consumer: the last event it acked, as its (tx, id) position.
+    Column("consumer", String(200), primary_key=True),
+    Column("last_tx", BigInteger, nullable=False, server_default="0"),
+    Column("last_event_id", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 provider_governor = Table(
