@@ -106,17 +106,20 @@ async def job_events(
     The first event (``snapshot``, no id) is the whole job; then one event per change
     (``image``, ``job``); the stream ends with ``end`` once the job has ended.
     """
-    store = services.store
+    store, outbox = services.store, services.store.outbox
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     yield ServerSentEvent(event="snapshot", data=job_out(await store.progress(user, job_id)))
     while not await request.is_disconnected():
-        events = await store.events_after(job.id, after)
+        events = await outbox.events_after(job.id, after)
         for event in events:
             after = event.id
             yield ServerSentEvent(id=str(event.id), event=event.type, data=event.data)
         if not events:
             current = await store.get_job(user, job_id)
-            if current.status in TERMINAL_JOB_STATUSES:
+            # An ended job's last events may still wait behind an older open transaction.
+            if current.status in TERMINAL_JOB_STATUSES and not await outbox.has_events_after(
+                job.id, after
+            ):
                 yield ServerSentEvent(event="end", data={"status": current.status})
                 return
             await asyncio.sleep(services.settings.events_poll_seconds)
