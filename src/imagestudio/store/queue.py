@@ -2,9 +2,10 @@
 
 A claim is one transaction, serialized against every other claim: on PostgreSQL by one
 transaction-level advisory lock (``pg_advisory_xact_lock(CLAIM_LOCK_KEY)``), on SQLite by the
-database lock every writer takes with ``BEGIN IMMEDIATE``. Inside it the counts the claim query
-reads cannot change, so per-job caps, fairness and each provider key's window hold across every
-worker process and machine. What an attempt ends with is recorded in ``store.outcomes``.
+database lock every writer takes with ``BEGIN IMMEDIATE``. No other claim starts a task
+meanwhile, so the running counts the claim query reads can only fall under it (an attempt
+ending, a cancel), never rise: per-job caps, fairness and each provider key's window hold
+across every worker process and machine. What an attempt ends with is in ``store.outcomes``.
 
 Functions take a connection; the ``Store`` facade chooses the engine and the transaction.
 """
