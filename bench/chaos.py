@@ -45,6 +45,7 @@ from testkit import pg
 from testkit.fleet import (
     WorkerFleet,
     calls_per_image,
+    image_counts,
     pg_restart_enabled,
     restart_postgresql,
     worker_env,
@@ -114,17 +115,6 @@ class Timeline:
     settle_seconds: float = 0.0
 
 
-async def _open_counts(services: Services, job_pks: list[str]) -> Counter[str] | None:
-    """Image statuses over the run's jobs; None while the database is unreachable."""
-    counts: Counter[str] = Counter()
-    try:
-        for pk in job_pks:
-            counts.update(image.status for image in await services.store.images(pk))
-    except Exception:
-        return None
-    return counts
-
-
 def _all_done(counts: Counter[str] | None) -> bool:
     return counts is not None and counts["queued"] + counts["running"] == 0
 
@@ -164,7 +154,7 @@ async def run_chaos(
     restart: asyncio.Task[float] | None = None
     done = 0
     try:
-        while not _all_done(counts := await _open_counts(services, job_pks)):
+        while not _all_done(counts := await image_counts(services.store, job_pks)):
             now = time.monotonic()
             if now - started > config.chaos_limit:
                 timeline.chaos_ended_early = True
@@ -183,7 +173,7 @@ async def run_chaos(
     settling = time.monotonic()
     while timeline.chaos_ended_early and time.monotonic() - settling < config.settle_limit:
         await fleet.replace_exited()
-        if _all_done(await _open_counts(services, job_pks)):
+        if _all_done(await image_counts(services.store, job_pks)):
             break
         await asyncio.sleep(0.1)
     timeline.settle_seconds = time.monotonic() - settling

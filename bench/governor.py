@@ -82,6 +82,7 @@ from imagestudio.store.records import AttemptRecord, ClaimedTask, JobRecord
 from testkit import pg
 from testkit.fleet import console_script, worker_env
 from testkit.payloads import batch_payload
+from testkit.settings import loopback_settings
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 OUT = OUT_DIR / "governor.md"
@@ -418,10 +419,9 @@ def from_scheme(scenario: Scenario, result: SchemeResult) -> Run:
 
 
 def service_settings(workdir: Path, **extra: Any) -> Settings:
-    return Settings(
-        _env_file=None,
-        data_dir=workdir / f"imagestudio-{uuid.uuid4().hex[:8]}",
-        allow_private_urls="127.0.0.1",
+    return loopback_settings(
+        workdir / f"imagestudio-{uuid.uuid4().hex[:8]}",
+        None,
         worker_concurrency=WORKER_SLOTS,
         backoff_base_seconds=0.1,  # time-compressed like the latencies
         backoff_max_seconds=2.0,
@@ -859,13 +859,7 @@ def pg_workers(
         with pg_database() as url:
             data_dir = workdir / f"pg-{count}"
             secret = Fernet.generate_key().decode()
-            settings = Settings(
-                _env_file=None,
-                database_url=url,
-                data_dir=data_dir,
-                secret_key=secret,
-                allow_private_urls="127.0.0.1",
-            )
+            settings = loopback_settings(data_dir, url, secret_key=secret)
             env = worker_env(
                 settings,
                 SECRET_KEY=secret,

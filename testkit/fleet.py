@@ -25,6 +25,7 @@ from typing import Any
 
 from imagestudio.settings import Settings
 from imagestudio.store.records import AttemptRecord, ImageRecord
+from imagestudio.store.store import Store
 
 PG_RESTART_TIMEOUT = 60.0
 
@@ -207,6 +208,18 @@ def pg_restart_enabled(default: bool = True) -> bool:
     says no)."""
     value = os.environ.get("IMAGESTUDIO_CHAOS_PG_RESTART")
     return default if value is None else value.strip() != "0"
+
+
+async def image_counts(store: Store, job_pks: Iterable[str]) -> Counter[str] | None:
+    """Image statuses over ``job_pks``; ``None`` while the database is unreachable (a chaos
+    run restarts it)."""
+    counts: Counter[str] = Counter()
+    try:
+        for pk in job_pks:
+            counts.update(image.status for image in await store.images(pk))
+    except Exception:
+        return None
+    return counts
 
 
 CLOCK_SLACK = 0.05  # seconds between a worker's clock and the provider's (one machine)

@@ -18,7 +18,7 @@ from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
 from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
-from imagestudio.store.db import migrate
+from imagestudio.store.db import migrate, migrate_async
 from testkit import pg
 from testkit.settings import loopback_settings
 
@@ -58,6 +58,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+@pytest.fixture
+async def migrated(db_url: str) -> str:
+    """``db_url`` with the schema in place (PostgreSQL tests get a migrated template's clone)."""
+    if db_url.startswith("sqlite"):
+        await migrate_async(db_url)
+    return db_url
 
 
 def make_settings(tmp_path: Path, db_url: str, **overrides: object) -> Settings:

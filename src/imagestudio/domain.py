@@ -45,10 +45,10 @@ TERMINAL_IMAGE_STATUSES = frozenset(
 )
 
 
-# How a provider is called: the images API, or chat completions that return images. The
-# adapters for each are registered in ``imagestudio.providers.registry``.
-ApiStyle = Literal["images", "chat"]
-API_STYLES: tuple[ApiStyle, ...] = ("images", "chat")
+# How a provider is called ("images": the images API; "chat": chat completions that return
+# images). The styles are the keys of ``imagestudio.providers.registry.ADAPTERS``, the one list
+# of them; intake refuses any other.
+ApiStyle = str
 
 # Which of a provider's limits a 429 says was hit: requests per minute, or calls in flight.
 LimitKind = Literal["requests", "concurrency"]

@@ -27,7 +27,7 @@ meets them, with ``raise Mapped(...) from exc`` so the cause is kept.
     ├── StorageError                the result could not be written
     └── LeaseLost                   this worker no longer owns the task (fencing)
 
-The retry policy (``scheduler.retry``) decides what each class means for an image and a job;
+The retry policy (``policy.retry``) decides what each class means for an image and a job;
 nothing above a provider adapter looks at an ``openai`` or ``httpx`` exception type.
 """
 

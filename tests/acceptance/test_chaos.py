@@ -35,6 +35,7 @@ from imagestudio.settings import Settings
 from testkit.fleet import (
     WorkerFleet,
     calls_per_image,
+    image_counts,
     pg_restart_enabled,
     restart_postgresql,
     worker_env,
@@ -88,17 +89,6 @@ class Run:
     timed_out: bool = False
 
 
-async def _counts(services: Services, job_pks: list[str]) -> Counter[str] | None:
-    """Image statuses over the jobs; None while the database is unreachable."""
-    counts: Counter[str] = Counter()
-    try:
-        for pk in job_pks:
-            counts.update(image.status for image in await services.store.images(pk))
-    except Exception:
-        return None
-    return counts
-
-
 def _quota(kills: int, done_at_kill: int) -> float:
     """A kill is also due once this many more images succeeded since the last one: the
     kills still owed spread over the work left, so a fast machine sees them all too."""
@@ -115,7 +105,7 @@ async def _chaos(services: Services, fleet: WorkerFleet, job_pks: list[str]) -> 
     try:
         while True:
             now = time.monotonic()
-            counts = await _counts(services, job_pks)
+            counts = await image_counts(services.store, job_pks)
             if counts is not None and counts["queued"] + counts["running"] == 0:
                 break
             done = counts["succeeded"] if counts is not None else done

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from imagestudio.jobs.intake import IntakeLimits, build_job_spec, parse_payload
 from imagestudio.policy.governor import GovernorParams
 from imagestudio.store import outbox
-from imagestudio.store.db import create_engine, migrate_async
+from imagestudio.store.db import create_engine
 from imagestudio.store.outbox import EventOutbox
 from imagestudio.store.records import EventRecord, Succeeded
 from imagestudio.store.store import Store
@@ -33,13 +33,6 @@ NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 postgres_only = pytest.mark.parametrize(
     "db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
 )
-
-
-@pytest.fixture
-async def migrated(db_url: str) -> str:
-    if db_url.startswith("sqlite"):  # PostgreSQL tests get a clone of a migrated template
-        await migrate_async(db_url)
-    return db_url
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from imagestudio.domain import JobSpec
 from imagestudio.errors import JobConflict, LeaseLost
 from imagestudio.jobs.intake import IntakeLimits, build_job_spec, parse_payload
 from imagestudio.policy.governor import GovernorParams
-from imagestudio.store.db import create_engine, migrate_async
+from imagestudio.store.db import create_engine
 from imagestudio.store.records import Failed, Requeue, Succeeded
 from imagestudio.store.store import Store
 from imagestudio.store.tables import ai_job, ai_job_image, provider_governor
@@ -44,13 +44,6 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-
-
-@pytest.fixture
-async def migrated(db_url: str) -> str:
-    if db_url.startswith("sqlite"):  # PostgreSQL tests get a clone of a migrated template
-        await migrate_async(db_url)
-    return db_url
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ the same numbers, and the claim applies it.
 
 Three controls (docs/governor.md):
 
-- **Window W**, counted as leases of running tasks of the key. It starts small (or where
+- **Window W**, counted as the key's running tasks whose provider call has not ended (the
+  rest of a task, post-processing and storing, holds no slot). It starts small (or where
   the key's last run left it), grows by one per success below the slow-start threshold
   (doubling per round trip) and by ``1/W`` above it (one per round trip). A 429 shrinks it
   multiplicatively, at most once per *epoch*: a 429 for a call sent before the last decrease

@@ -9,7 +9,7 @@ the payload's ``options.api_style`` is checked against it. ``choose_api_style`` 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal, Protocol, TypeGuard
+from typing import Literal, Protocol
 
 from imagestudio.domain import ApiStyle
 from imagestudio.providers.base import ImageProvider, ProviderConfig
@@ -25,15 +25,14 @@ class Adapter(Protocol):
     ) -> ImageProvider: ...
 
 
-# Every api style and the adapter that speaks it. A new style is one line here (and its name
-# in ``domain.ApiStyle``, which types the normalized job).
+# Every api style and the adapter that speaks it: a new style is one line here.
 ADAPTERS: Mapping[ApiStyle, Adapter] = {
     "images": OpenAIImagesProvider,
     "chat": OpenAIChatProvider,
 }
 
 
-def is_api_style(value: str) -> TypeGuard[ApiStyle]:
+def is_api_style(value: str) -> bool:
     return value in ADAPTERS
 
 

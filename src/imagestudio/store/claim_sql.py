@@ -18,8 +18,20 @@ the row limit are bound at execution (``claim_params``). Building it takes longe
 it, so it must not be rebuilt for every claim.
 
 Callers serialize claims (PostgreSQL: a transaction-level advisory lock; SQLite: ``BEGIN
-IMMEDIATE``), so the counts the query reads cannot change under it and the limits are global
-across every worker process and machine.
+IMMEDIATE``), so no other claim can raise the counts the query reads while it runs (a
+concurrent finish or cancel can only lower them), and the limits are global across every
+worker process and machine.
+
+Known limits of this order (pinned by ``tests/integration/test_claim_order.py`` against the
+pure reference ``policy.fairness``):
+- a task held back by its key (full window, cooldown) still uses one of its user's turns, so a
+  user with work waiting on a full key gets fewer starts on another key than round robin says;
+- "served" looks at the user's unfinished jobs only: a user whose jobs all ended counts as
+  never served and wins ties;
+- the statement reads ``limit * 3 + 8`` rows before pacing: behind that many candidates of a
+  paced key, a task of a free key waits for the next claim;
+- two jobs created at the same instant have no tie-break, so their order may differ between
+  SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
