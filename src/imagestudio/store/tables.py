@@ -92,9 +92,21 @@ ai_job = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime),
+    # Images by status, kept by every change of an image's status (``store.counts``), so the
+    # roll-up and the reads never count a job's rows.
+    Column("n_queued", Integer, nullable=False, server_default="0"),
+    Column("n_running", Integer, nullable=False, server_default="0"),
+    Column("n_succeeded", Integer, nullable=False, server_default="0"),
+    Column("n_failed", Integer, nullable=False, server_default="0"),
+    Column("n_cancelled", Integer, nullable=False, server_default="0"),
+    # When an image of the job last started (the claim's "served longest ago" tie-break), and
+    # when ``result_image_urls`` was last rebuilt from the images.
+    Column("last_started_at", UTCDateTime),
+    Column("urls_refreshed_at", UTCDateTime),
     UniqueConstraint("user_id", "job_id"),
     Index(None, "type", "created_at"),
     Index(None, "user_id", "created_at"),
+    Index(None, "status", "created_at"),
 )
 
 ai_job_secret = Table(
@@ -136,7 +148,9 @@ ai_job_image = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("job_pk", "position"),
     Index(None, "status", "run_after"),
-    Index(None, "job_pk", "status"),
+    # A job's images of one status in payload order: the claim's per-job heads, the roll-up's
+    # ordered result URLs, paginated reads.
+    Index(None, "job_pk", "status", "position"),
 )
 
 ai_job_attempt = Table(
