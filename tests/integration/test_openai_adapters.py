@@ -279,7 +279,16 @@ async def odd_images(request: Request) -> Response:
         "retry": JSONResponse(
             {"error": {"message": "slow down", "code": "rate_limit_exceeded"}},
             429,
-            headers={"retry-after": "2", "x-ratelimit-reset-requests": "3.5s"},
+            # OpenAI's own shape: tokens to spare, so the 6-minute token reset is not the wait
+            headers={
+                "retry-after": "1",
+                "x-ratelimit-limit-requests": "500",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "120ms",
+                "x-ratelimit-limit-tokens": "150000",
+                "x-ratelimit-remaining-tokens": "149000",
+                "x-ratelimit-reset-tokens": "6m0s",
+            },
         ),
     }
     return answers[prompt]
@@ -355,7 +364,7 @@ async def test_odd_answers_map_to_our_errors(
     assert caught.value.status_code == status
     assert KEY not in str(caught.value)
     if isinstance(caught.value, RateLimited):
-        assert caught.value.retry_after == pytest.approx(3.5)
+        assert caught.value.retry_after == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("prompt", ["markdown", "parts"])

@@ -42,10 +42,41 @@ def test_parse_duration(text: str, seconds: float | None) -> None:
         ({"retry-after-ms": "250"}, 0.25),
         # one value at two precisions: the millisecond one wins over the rounded seconds
         ({"retry-after": "1", "retry-after-ms": "250"}, 0.25),
-        ({"x-ratelimit-reset-requests": "6m0s"}, 360.0),
-        ({"x-ratelimit-reset-tokens": "20ms"}, 0.02),
-        ({"retry-after": "1", "x-ratelimit-reset-tokens": "3s"}, 3.0),
+        # a reset counts only for the limit that is exhausted (remaining 0) ...
+        ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6m0s"}, 360.0),
+        ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "20ms"}, 0.02),
+        ({"x-ratelimit-reset-requests": "6m0s"}, None),  # no remaining count: says nothing
+        ({"x-ratelimit-remaining-tokens": "5000", "x-ratelimit-reset-tokens": "6m0s"}, None),
+        (
+            {
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "2s",
+                "x-ratelimit-remaining-tokens": "0",
+                "x-ratelimit-reset-tokens": "7s",
+            },
+            7.0,
+        ),
+        # ... and retry-after wins when present: OpenAI's 429 with tokens to spare costs 1 s
+        (
+            {
+                "retry-after": "1",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "1s",
+                "x-ratelimit-remaining-tokens": "149000",
+                "x-ratelimit-reset-tokens": "6m0s",
+            },
+            1.0,
+        ),
+        ({"retry-after": "1", "x-ratelimit-reset-tokens": "3s"}, 1.0),
         ({"retry-after-ms": "1200", "x-ratelimit-reset-requests": "250ms"}, 1.2),
+        (
+            {
+                "retry-after": "garbage",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "2s",
+            },
+            2.0,
+        ),
         ({"retry-after": "Tue, 14 Nov 2023 22:13:30 GMT"}, 10.0),
         ({"retry-after": "Tue, 14 Nov 2023 22:13:00 GMT"}, 0.0),
         ({"retry-after": "later"}, None),
@@ -54,6 +85,14 @@ def test_parse_duration(text: str, seconds: float | None) -> None:
         ({"retry-after": "999999999"}, None),
         ({"retry-after-ms": "oops", "retry-after": "2"}, 2.0),
         ({"x-ratelimit-reset-requests": "garbage", "retry-after": "1"}, 1.0),
+        (
+            {
+                "retry-after": "-5",
+                "x-ratelimit-remaining-tokens": "0",
+                "x-ratelimit-reset-tokens": "4s",
+            },
+            4.0,
+        ),
         ({"content-type": "application/json"}, None),
     ],
 )

@@ -1,13 +1,18 @@
 """How long a provider asked us to wait, read from its response headers (pure).
 
 OpenAI-style servers say it several ways at once: ``retry-after-ms`` (milliseconds),
-``retry-after`` (seconds or an HTTP date), and ``x-ratelimit-reset-requests`` /
-``x-ratelimit-reset-tokens`` (Go-style durations such as ``1s``, ``250ms``, ``6m0s``,
-``1h2m3.5s``). ``parse_retry_after`` reads them all and returns the largest sensible wait.
+``retry-after`` (seconds or an HTTP date), and per limit ``x-ratelimit-remaining-<limit>`` with
+``x-ratelimit-reset-<limit>`` for ``requests`` and ``tokens`` (Go-style durations such as
+``1s``, ``250ms``, ``6m0s``, ``1h2m3.5s``). What each is trusted for:
 
-``retry-after-ms`` and ``retry-after`` are one value at two precisions: when both are present
-the millisecond one is used, so that a 250 ms wait is not rounded up to the whole second that
-RFC 9110 forces on ``retry-after``.
+- ``retry-after-ms`` / ``retry-after`` are the server's answer to "when may I retry?": when
+  present (and sensible) they win. They are one value at two precisions: the millisecond one
+  is used when both are there, so a 250 ms wait is not rounded up to RFC 9110's whole second.
+- ``x-ratelimit-reset-<limit>`` says when *that* limit's window refills, which matters only
+  when that limit is the one exhausted: it counts only when ``x-ratelimit-remaining-<limit>``
+  is 0. OpenAI sends ``retry-after: 1`` beside ``x-ratelimit-reset-tokens: 6m0s`` with tokens
+  to spare; taking the largest value there stopped a key for six minutes on a one-second wait.
+  A reset without its remaining count says nothing about being exhausted and is ignored.
 """
 
 from __future__ import annotations
@@ -72,33 +77,44 @@ def _retry_after(text: str, now: float) -> float | None:
     return seconds if seconds is not None else _http_date(text, now)
 
 
-def _candidates(headers: Mapping[str, str], now: float) -> list[float | None]:
-    lower = {key.lower(): value for key, value in headers.items()}
-    found: list[float | None] = []
+def _explicit(lower: Mapping[str, str], now: float) -> float | None:
+    """``retry-after-ms``, else ``retry-after``: the server's own "retry in"."""
     millis = _float(lower["retry-after-ms"].strip()) if "retry-after-ms" in lower else None
     if millis is not None and millis >= 0:
-        found.append(millis / 1000.0)
-    elif "retry-after" in lower:
-        found.append(_retry_after(lower["retry-after"], now))
-    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
-        if name in lower:
-            found.append(parse_duration(lower[name]))
-    return found
+        return millis / 1000.0
+    if "retry-after" in lower:
+        return _retry_after(lower["retry-after"], now)
+    return None
+
+
+def _exhausted_resets(lower: Mapping[str, str]) -> list[float | None]:
+    """The reset of every limit whose remaining count is 0."""
+    resets: list[float | None] = []
+    for limit in ("requests", "tokens"):
+        remaining = _int(lower.get(f"x-ratelimit-remaining-{limit}"))
+        reset = lower.get(f"x-ratelimit-reset-{limit}")
+        if remaining == 0 and reset is not None:
+            resets.append(parse_duration(reset))
+    return resets
+
+
+def _sensible(wait: float | None) -> bool:
+    return wait is not None and 0.0 <= wait <= MAX_SENSIBLE_WAIT
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """The largest sensible wait in seconds the headers ask for, or None if they say nothing.
+    """Seconds the headers ask us to wait, or None if they say nothing usable.
 
+    ``retry-after(-ms)`` wins when present; else the longest reset of an exhausted limit.
     ``now`` (unix seconds) is only used for an HTTP-date ``retry-after``. Negative, infinite or
     absurd (more than a day) values are ignored.
     """
-    moment = time.time() if now is None else now
-    waits = [
-        wait
-        for wait in _candidates(headers, moment)
-        if wait is not None and 0.0 <= wait <= MAX_SENSIBLE_WAIT
-    ]
-    return max(waits) if waits else None
+    lower = {key.lower(): value for key, value in headers.items()}
+    explicit = _explicit(lower, time.time() if now is None else now)
+    if explicit is not None and _sensible(explicit):
+        return explicit
+    resets = [wait for wait in _exhausted_resets(lower) if wait is not None and _sensible(wait)]
+    return max(resets) if resets else None
 
 
 def _int(text: str | None) -> int | None:
