@@ -39,12 +39,10 @@ from imagestudio.errors import (
     RateLimited,
 )
 from imagestudio.providers.retry_after import parse_rate_info, parse_retry_after
+from imagestudio.security.redact import redact
 
-REDACTED = "[REDACTED]"
 MAX_MESSAGE = 500
 
-_SK_TOKEN = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*.]{4,}")
-_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-~+/=*]+")
 _CONTENT_CODES = frozenset(
     {"content_policy_violation", "moderation_blocked", "content_filter", "safety_violation"}
 )
@@ -57,12 +55,9 @@ _NETWORK: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` without the given secrets, ``sk-...`` keys or bearer tokens, cut to a length."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, REDACTED)
-    text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
-    text = _SK_TOKEN.sub("sk-" + REDACTED, text)
+    """``text`` without the given secrets (also base64- or URL-encoded), the process's known
+    secrets, ``sk-...`` keys or bearer tokens (``security.redact``), cut to a length."""
+    text = redact(text, secrets)
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 

@@ -44,6 +44,7 @@ from imagestudio.providers.base import ImageProvider, ImageRequest, ProviderConf
 from imagestudio.providers.registry import make_provider, provider_size
 from imagestudio.scheduler.probe import NO_PROBE, Probe, Stage, timed
 from imagestudio.security.crypto import SecretBox
+from imagestudio.security.redact import KNOWN
 from imagestudio.storage import ResultStorage, sweep
 from imagestudio.store.records import ClaimedTask, Failed, Outcome, Requeue, Succeeded
 from imagestudio.store.store import Store
@@ -166,9 +167,11 @@ class ProviderPool:
         sealed = await self._store.sealed_key(task.job_pk)
         if sealed is None:
             raise ImageStudioError("the job's API key was erased; submit the job again")
+        api_key = self._box.open(sealed)
+        KNOWN.add(api_key)  # from here on no log line of this process can carry it
         config = ProviderConfig(
             api_base=job.api_base,
-            api_key=self._box.open(sealed),
+            api_key=api_key,
             model=job.model,
             api_style=job.api_style,
             timeout_seconds=self._timeout,
