@@ -10,6 +10,7 @@ thread (images), answer (protocol).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -33,6 +34,18 @@ from imagestudio.providers.fake.protocol import (
 )
 from imagestudio.providers.fake.reject import Reject, bad_request
 from imagestudio.providers.fake.state import Call, FakeState
+from imagestudio.providers.fake.wire import (
+    REDIRECTED,
+    WireFault,
+    delivered,
+    early_answer,
+    find_fault,
+    gateway_error,
+    padded,
+    restyle_headers,
+    restyled_reject,
+    with_url,
+)
 
 Parser = Callable[[Request], Awaitable[ParsedRequest]]
 
@@ -83,7 +96,7 @@ class FakeProvider:
             response = await self._answer(request, call, key, parser)
         except Reject as reject:
             self.state.close_call(call, reject.status, reject.code)
-            return reject.response()
+            return self._rejected(reject)
         except ClientDisconnect:  # the client went away mid-upload (a killed worker)
             self.state.close_call(call, 499, "client_closed_request")
             return Response(status_code=499)
@@ -97,6 +110,10 @@ class FakeProvider:
         assert key is not None
         parsed = await parser(request)
         call.model, call.prompt = parsed.model, parsed.prompt
+        fault = find_fault(parsed.prompt, self.state.config.fault)
+        early = early_answer(fault, request)
+        if early is not None:
+            return early
         check_quota(key)
         admission = self.state.admit(parsed.model)
         try:
@@ -106,11 +123,40 @@ class FakeProvider:
             raise
         finally:
             self.state.release(admission)
+        if fault is not None and fault.kind == "http":
+            return gateway_error(fault)
+        return self._image_answer(request, parsed, padded(image, fault), fault, admission)
+
+    def _image_answer(
+        self,
+        request: Request,
+        parsed: ParsedRequest,
+        image: bytes | None,
+        fault: WireFault | None,
+        admission: Admission,
+    ) -> Response:
         if parsed.endpoint == "chat.completions":
             body = chat_body(parsed, image)
         else:
             body = images_body(parsed, image, self._file_url(request, parsed, image))
-        return JSONResponse(body, headers=admission.headers)
+        if fault is not None and fault.kind == "url" and image is not None:
+            missing = fault.arg(0) == "404"
+            file_id = "missing" if missing else self.state.store_file(image)
+            body = with_url(body, str(request.url_for("fake_file", file_id=file_id)))
+        return delivered(fault, body, self._styled(admission.headers, 200))
+
+    def _styled(self, headers: dict[str, str], status: int) -> dict[str, str]:
+        """The rate-limit headers in the configured shape (``ratelimit_style``)."""
+        config = self.state.config
+        if config.ratelimit_headers_on_429_only and status != 429:
+            headers = {k: v for k, v in headers.items() if not k.startswith("x-ratelimit-")}
+        return restyle_headers(headers, config.ratelimit_style, time.time())
+
+    def _rejected(self, reject: Reject) -> Response:
+        if reject.status == 429 and reject.code == "rate_limit_exceeded":
+            return restyled_reject(reject, self.state.config.ratelimit_style)
+        reject.headers = self._styled(reject.headers, reject.status)
+        return reject.response()
 
     def _file_url(self, request: Request, parsed: ParsedRequest, image: bytes | None) -> str | None:
         """Where a ``response_format=url`` answer's image is served (kept for a while)."""
@@ -156,10 +202,20 @@ class FakeProvider:
 def create_fake_provider_app(config: FakeProviderConfig | None = None) -> Starlette:
     """A fresh fake provider app with its own state (``app.state.fake`` is the ``FakeState``)."""
     provider = FakeProvider(config or FakeProviderConfig())
+    api = [
+        Route(f"{prefix}/v1/images/edits", provider.images_edits, methods=["POST"])
+        for prefix in ("", REDIRECTED)
+    ]
+    api += [
+        Route(f"{prefix}/v1/images/generations", provider.images_generations, methods=["POST"])
+        for prefix in ("", REDIRECTED)
+    ]
+    api += [
+        Route(f"{prefix}/v1/chat/completions", provider.chat_completions, methods=["POST"])
+        for prefix in ("", REDIRECTED)
+    ]
     routes = [
-        Route("/v1/images/edits", provider.images_edits, methods=["POST"]),
-        Route("/v1/images/generations", provider.images_generations, methods=["POST"]),
-        Route("/v1/chat/completions", provider.chat_completions, methods=["POST"]),
+        *api,
         Route("/_fake/stats", provider.stats, methods=["GET"]),
         Route("/_fake/reset", provider.reset, methods=["POST"]),
         Route("/_fake/config", provider.configure, methods=["POST"]),

@@ -10,6 +10,7 @@ from typing import Any, Literal
 LatencyDist = Literal["fixed", "uniform", "lognormal", "exponential"]
 LATENCY_DISTS: tuple[str, ...] = ("fixed", "uniform", "lognormal", "exponential")
 MIN_SIDE, MAX_SIDE = 16, 4096  # the image sides the fake accepts and draws
+RATELIMIT_STYLES: tuple[str, ...] = ("openai", "ietf", "epoch", "bare")
 
 
 @dataclass(slots=True)
@@ -31,6 +32,12 @@ class FakeProviderConfig:
     max_log: int = 100_000
     ratelimit_headers: bool = True  # False: a provider that reports no x-ratelimit-* headers
     render_size: int | None = None
+    # Rate-limit headers in another provider's shape (fake.wire.restyle_headers): "openai",
+    # "ietf" (ratelimit-*), "epoch" (x-ratelimit-reset as unix seconds), "bare" (none, and a
+    # plain "Too Many Requests" 429); and whether they come on 429s only.
+    ratelimit_style: str = "openai"
+    ratelimit_headers_on_429_only: bool = False
+    fault: str | None = None  # a wire-fault trigger for every call, e.g. "[[drop:body]]"
 
     def validate(self) -> FakeProviderConfig:
         """Return self, or raise ``ValueError`` naming the bad field."""
@@ -48,6 +55,8 @@ class FakeProviderConfig:
             raise ValueError("rpm_burst must be >= 1 or None")
         if self.render_size is not None and not MIN_SIDE <= self.render_size <= MAX_SIDE:
             raise ValueError(f"render_size must be between {MIN_SIDE} and {MAX_SIDE} or None")
+        if self.ratelimit_style not in RATELIMIT_STYLES:
+            raise ValueError(f"ratelimit_style must be one of {', '.join(RATELIMIT_STYLES)}")
         return self
 
     def as_dict(self) -> dict[str, Any]:
