@@ -82,10 +82,14 @@ async def test_submit_writes_the_job_and_its_images(store: Store, clock: Clock) 
     job = result.job
     assert (job.job_id, job.user_id, job.status, job.total) == ("job-1", "user-123", "queued", 5)
     assert job.payload_hash == spec.payload_hash
-    assert job.config == spec.config
-    assert "api_key" not in job.config["options"]
+    async with store.engine.connect() as conn:
+        config = await conn.scalar(select(ai_job.c.config))
+    assert config == spec.config
+    assert "api_key" not in config["options"]
     assert job.created_at == job.updated_at == clock.now
-    assert job.result_image_urls == []
+    assert job.result_image_urls is None  # the submit's record is light
+    assert job.counts == {"queued": 5, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+    assert (await store.get_job("user-123", "job-1")).result_image_urls == []
     images = await store.images(job.id)
     assert [(i.position, i.sku, i.stem, i.status, i.attempts) for i in images] == [
         (0, "SKU1", "stem1", "queued", 0),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -15,6 +15,7 @@ from imagestudio.store.records import (
     ImageRecord,
     JobProgress,
     JobRecord,
+    Page,
 )
 
 
@@ -50,6 +51,7 @@ class JobOut(BaseModel):
     status: str
     counts: Counts
     skus: list[SkuProgress]
+    skus_truncated: bool = False
     result_image_urls: list[str]
     error: str | None
     output: dict[str, Any]
@@ -91,6 +93,17 @@ class ImageOut(BaseModel):
     first_started_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class ImagePage(BaseModel):
+    """One page of a job's images by position; ``next_offset`` is null on the last page."""
+
+    images: list[ImageOut]
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
+    next: str | None
 
 
 class AttemptOut(BaseModel):
@@ -138,7 +151,8 @@ def job_out(progress: JobProgress, governor: GovernorView | None = None) -> JobO
         skus=[
             SkuProgress(sku=sku, total=sum(c.values()), **c) for sku, c in progress.per_sku.items()
         ],
-        result_image_urls=job.result_image_urls,
+        skus_truncated=progress.skus_truncated,
+        result_image_urls=progress.result_image_urls,
         error=job.error,
         output={
             "width": job.output.width,
@@ -167,7 +181,7 @@ def job_summary(job: JobRecord) -> JobSummary:
         user_id=job.user_id,
         status=job.status,
         total=job.total,
-        completed=len(job.result_image_urls),
+        completed=job.counts["succeeded"],
         error=job.error,
         created_at=job.created_at,
         updated_at=job.updated_at,
@@ -195,6 +209,35 @@ def image_out(image: ImageRecord) -> ImageOut:
         started_at=image.started_at,
         finished_at=image.finished_at,
     )
+
+
+def image_page_out(page: Page[ImageRecord], base: str) -> ImagePage:
+    """A page of images; ``next`` is the next page's path (``base`` is the images route)."""
+    after = page.next_offset
+    return ImagePage(
+        images=[image_out(i) for i in page.items],
+        total=page.total,
+        offset=page.offset,
+        limit=page.limit,
+        next_offset=after,
+        next=None if after is None else f"{base}?offset={after}&limit={page.limit}",
+    )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CURSOR_PATTERN = r"^\d{1,20}\.\d{1,20}$"
+
+
+def timeline_cursor(attempt: AttemptRecord) -> str:
+    """The position after ``attempt`` in the timeline's order: ``<start in µs>.<id>``."""
+    micros = (attempt.started_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{attempt.id}"
+
+
+def parse_timeline_cursor(cursor: str) -> tuple[datetime, int]:
+    """``timeline_cursor`` back to ``(started_at, id)``; the route checks ``CURSOR_PATTERN``."""
+    micros, _, attempt_id = cursor.partition(".")
+    return _EPOCH + timedelta(microseconds=int(micros)), int(attempt_id)
 
 
 def attempt_out(attempt: AttemptRecord) -> AttemptOut:

@@ -30,10 +30,18 @@ class ApiClient:
         data: dict[str, Any] = response.json()
         return data
 
-    def images(self, job_id: str) -> list[dict[str, Any]]:
-        response = self.http.get(f"{API_PREFIX}/jobs/{job_id}/images")
-        response.raise_for_status()
-        images: list[dict[str, Any]] = response.json()["images"]
+    def images(self, job_id: str, page_size: int = 5000) -> list[dict[str, Any]]:
+        """Every image of the job, page after page (the route answers at most 5,000 a page)."""
+        images: list[dict[str, Any]] = []
+        offset: int | None = 0
+        while offset is not None:
+            response = self.http.get(
+                f"{API_PREFIX}/jobs/{job_id}/images", params={"offset": offset, "limit": page_size}
+            )
+            response.raise_for_status()
+            page: dict[str, Any] = response.json()
+            images.extend(page["images"])
+            offset = page["next_offset"]
         return images
 
 

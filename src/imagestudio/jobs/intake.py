@@ -6,7 +6,10 @@ into a 422.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +40,26 @@ _SIZE = re.compile(r"^\s*(\d+)\s*[xX*]\s*(\d+)\s*$")
 _FORMAT_ALIASES = {"jpg": "jpeg"}
 DEFAULT_SIDE = 1024
 DEFAULT_QUALITY = 90
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Run a burst of allocation without the cyclic garbage collector.
+
+    Intake allocates a few objects per image and frees none of them until it is done, so the
+    collector's passes find nothing while rescanning an ever larger heap: for a 100,000-image
+    payload they were half of parsing and validating it (1.2 s of CPU, 0.6 s without). The
+    block is synchronous (nothing else runs on the event loop meanwhile); reference counting
+    still frees what it can.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,26 +151,34 @@ def _side(field: str, value: int) -> int:
     return value
 
 
+# The common shape, accepted without parsing: an http(s) scheme and a plain host name. Any
+# other URL goes through ``urlsplit``, which decides (a 100,000-image job checks 100,000 URLs).
+_PLAIN_URL = re.compile(
+    r"(?:[Hh][Tt][Tt][Pp][Ss]?)://[A-Za-z0-9.-]*[A-Za-z0-9](?::\d+)?(?:[/?#]|\Z)"
+)
+
+
 def _check_url(field: str, url: str) -> str:
-    parts = urlsplit(url.strip())
+    url = url.strip()
+    if _PLAIN_URL.match(url):
+        return url
+    parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PayloadInvalid(field, f"expected an http(s) URL, got {url[:200]!r}")
-    return url.strip()
+    return url
 
 
 def _images(payload: JobPayload, limits: IntakeLimits) -> tuple[ImageSpec, ...]:
-    options = payload.options
     selected = _selected(payload, _skus(payload))
     if len(selected) > limits.max_images:
         raise PayloadInvalid(
             "options.sku_images_map",
             f"{len(selected)} images exceed the maximum of {limits.max_images}",
         )
+    prompts = _prompts(payload)
     specs: list[ImageSpec] = []
     for sku, index, image in selected:
-        prompt = build_prompt(
-            options.prompt_templates, use_english=options.use_english, is_main=index == 0
-        )
+        prompt = prompts[index == 0]
         if not prompt:
             raise PayloadInvalid(
                 "options.prompt_templates",
@@ -166,6 +197,16 @@ def _images(payload: JobPayload, limits: IntakeLimits) -> tuple[ImageSpec, ...]:
             )
         )
     return tuple(specs)
+
+
+def _prompts(payload: JobPayload) -> tuple[str, str]:
+    """The two prompts a job can send, built once: ``(other images', main image's)``."""
+    options = payload.options
+    other, main = (
+        build_prompt(options.prompt_templates, use_english=options.use_english, is_main=is_main)
+        for is_main in (False, True)
+    )
+    return other, main
 
 
 def _skus(payload: JobPayload) -> list[str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imagestudio.errors import PayloadInvalid, UnsafeURL
-from imagestudio.jobs.intake import IntakeLimits, build_job_spec, parse_payload
+from imagestudio.jobs.intake import IntakeLimits, build_job_spec, gc_paused, parse_payload
 from imagestudio.security.crypto import SecretBox
 from imagestudio.security.netguard import ensure_public_url
 from imagestudio.storage import ResultStorage, sweep
@@ -64,11 +64,12 @@ class JobService:
         ``user`` is the token's user; ``None`` in local mode, where the payload's is taken.
         The same payload again returns the existing job (``created`` false).
         """
-        payload = parse_payload(raw)
-        if user is not None and payload.user_id not in (None, user):
-            raise PayloadInvalid("user_id", "does not match the user of the bearer token")
-        owner = user or payload.user_id or LOCAL_USER
-        spec = build_job_spec(payload, user_id=owner, limits=self.limits)
+        with gc_paused():
+            payload = parse_payload(raw)
+            if user is not None and payload.user_id not in (None, user):
+                raise PayloadInvalid("user_id", "does not match the user of the bearer token")
+            owner = user or payload.user_id or LOCAL_USER
+            spec = build_job_spec(payload, user_id=owner, limits=self.limits)
         try:
             await ensure_public_url(spec.provider.api_base, self.allow_list)
         except UnsafeURL as exc:

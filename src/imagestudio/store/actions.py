@@ -1,6 +1,7 @@
 """What a user does to a job after submitting it: cancel it, retry its failed images (bringing
 the API key again, maybe a new one). Each locks the job row first (PostgreSQL), rolls the job
-up and appends a ``job`` event, in one transaction.
+up and appends a ``job`` event, in one transaction; the images they move shift the job's
+counts (``store.counts``) in it.
 
 Functions take a connection; the ``Store`` facade chooses the engine and the transaction.
 """
@@ -14,10 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imagestudio.domain import TERMINAL_JOB_STATUSES, ImageStatus
 from imagestudio.errors import ApiKeyRequired
-from imagestudio.store import governors, jobs, outbox
+from imagestudio.store import counts, governors, jobs, outbox
 from imagestudio.store.tables import ai_job, ai_job_attempt, ai_job_image, ai_job_secret
 
 QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
+FAILED, CANCELLED = ImageStatus.FAILED.value, ImageStatus.CANCELLED.value
 
 
 async def cancel(conn: AsyncConnection, job_pk: str, now: datetime) -> str:
@@ -30,19 +32,24 @@ async def cancel(conn: AsyncConnection, job_pk: str, now: datetime) -> str:
     if status in TERMINAL_JOB_STATUSES:
         return str(status)
     await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(cancel_requested=True))
-    await conn.execute(
-        update(img)
-        .where(img.c.job_pk == job_pk, img.c.status.in_([QUEUED, RUNNING]))
-        .values(
-            status=ImageStatus.CANCELLED.value,
-            lease_owner=None,
-            lease_expires_at=None,
-            finished_at=now,
-            updated_at=now,
-            error="cancelled",
-            error_kind="Cancelled",
+    moved: dict[str, int] = {}
+    for before in (QUEUED, RUNNING):  # one statement each: its row count is that status's move
+        result = await conn.execute(
+            update(img)
+            .where(img.c.job_pk == job_pk, img.c.status == before)
+            .values(
+                status=CANCELLED,
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+                error="cancelled",
+                error_kind="Cancelled",
+            )
         )
-    )
+        moved[before] = -result.rowcount
+        moved[CANCELLED] = moved.get(CANCELLED, 0) + result.rowcount
+    await counts.shift(conn, {job_pk: moved})
     await conn.execute(
         update(att)
         .where(att.c.job_pk == job_pk, att.c.ended_at.is_(None))
@@ -70,14 +77,14 @@ async def retry_failed(
     img = ai_job_image
     await jobs.lock(conn, job_pk)
     failed = await conn.scalar(
-        select(func.count()).where(img.c.job_pk == job_pk, img.c.status == ImageStatus.FAILED.value)
+        select(func.count()).where(img.c.job_pk == job_pk, img.c.status == FAILED)
     )
     if not failed:
         return 0
     await _rekey(conn, job_pk, sealed_key, new_key, defaults, now)
-    await conn.execute(
+    result = await conn.execute(
         update(img)
-        .where(img.c.job_pk == job_pk, img.c.status == ImageStatus.FAILED.value)
+        .where(img.c.job_pk == job_pk, img.c.status == FAILED)
         .values(
             status=QUEUED,
             attempts=0,
@@ -91,13 +98,15 @@ async def retry_failed(
             updated_at=now,
         )
     )
+    requeued = int(result.rowcount)
+    await counts.shift(conn, {job_pk: {FAILED: -requeued, QUEUED: requeued}})
     await conn.execute(
         update(ai_job).where(ai_job.c.id == job_pk).values(cancel_requested=False, error=None)
     )
     status = await jobs.rollup(conn, job_pk, now)
-    data = {"status": status, "action": "retry", "requeued": int(failed)}
+    data = {"status": status, "action": "retry", "requeued": requeued}
     await outbox.append(conn, now, [(job_pk, "job", data)])
-    return int(failed)
+    return requeued
 
 
 async def _rekey(

@@ -1,5 +1,10 @@
 """Jobs: intake (a job and all its images in one transaction), the reads behind the API, and
-the roll-up that recomputes a job's status from its images.
+the roll-up that recomputes a job's status from the counts on its row.
+
+Nothing here that runs per claim, per completion or per poll reads O(images) of a big job: the
+job records leave out ``config`` (the whole payload), the claim's and the list's leave out
+``result_image_urls``; counts come from the job row; per-SKU counts, result URLs and image
+pages are bounded (docs/design.md "Big jobs").
 
 Functions take a connection; the ``Store`` facade chooses the engine and the transaction.
 """
@@ -11,19 +16,20 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imagestudio.domain import TERMINAL_JOB_STATUSES, ImageStatus, JobSpec, JobStatus
 from imagestudio.errors import JobConflict, JobNotFound
 from imagestudio.policy.rollup import rollup_status
-from imagestudio.store import governors
+from imagestudio.store import bulk, counts, governors
 from imagestudio.store.records import (
     AttemptRecord,
     ImageRecord,
     JobProgress,
     JobRecord,
+    Page,
     SubmitResult,
 )
 from imagestudio.store.rows import attempt_record, image_record, job_record
@@ -52,7 +58,7 @@ async def insert(
     inserted = await conn.scalar(_insert_job(conn, spec, pk, job_id, now))
     if inserted is None:
         return job_id, False
-    await conn.execute(ai_job_image.insert(), _image_rows(spec, pk, now))
+    await bulk.insert_images(conn, pk, spec.images, now)
     await conn.execute(ai_job_secret.insert().values(job_pk=pk, api_key_enc=sealed_key))
     await governors.ensure(
         conn,
@@ -92,6 +98,8 @@ def _insert_job(conn: AsyncConnection, spec: JobSpec, pk: str, job_id: str, now:
         "payload_hash": spec.payload_hash,
         "result_image_urls": [],
         "total": len(spec.images),
+        "n_queued": len(spec.images),
+        "urls_refreshed_at": now,
         "api_base": spec.provider.api_base,
         "model": spec.provider.model,
         "api_style": spec.provider.api_style,
@@ -110,31 +118,19 @@ def _insert_job(conn: AsyncConnection, spec: JobSpec, pk: str, job_id: str, now:
     return stmt.on_conflict_do_nothing(index_elements=["user_id", "job_id"]).returning(ai_job.c.id)
 
 
-def _image_rows(spec: JobSpec, pk: str, now: datetime) -> list[dict[str, Any]]:
-    return [
-        {
-            "job_pk": pk,
-            "position": image.position,
-            "sku": image.sku,
-            "sku_index": image.sku_index,
-            "stem": image.stem,
-            "name": image.name,
-            "source_url": image.source_url,
-            "prompt": image.prompt,
-            "status": QUEUED,
-            "run_after": now,
-            "updated_at": now,
-        }
-        for image in spec.images
-    ]
-
-
 # -- reads ------------------------------------------------------------------------------------
 
+SKU_DETAIL_MAX_IMAGES = 5000  # per-SKU counts (one GROUP BY over the images) up to this size
+_LIGHT = [c for c in ai_job.c if c.name not in ("config", "result_image_urls")]
+_WITH_URLS = [*_LIGHT, ai_job.c.result_image_urls]
 
-async def job_by_key(conn: AsyncConnection, user_id: str | None, job_id: str) -> JobRecord:
-    """The job ``job_id`` of ``user_id``; ``None`` (local mode) means any user, newest."""
-    query = select(ai_job).where(ai_job.c.job_id == job_id)
+
+async def job_by_key(
+    conn: AsyncConnection, user_id: str | None, job_id: str, *, urls: bool = True
+) -> JobRecord:
+    """The job ``job_id`` of ``user_id``; ``None`` (local mode) means any user, newest.
+    ``urls=False`` leaves ``result_image_urls`` out (``None``)."""
+    query = select(*(_WITH_URLS if urls else _LIGHT)).where(ai_job.c.job_id == job_id)
     if user_id is not None:
         query = query.where(ai_job.c.user_id == user_id)
     query = query.order_by(ai_job.c.created_at.desc()).limit(1)
@@ -145,37 +141,36 @@ async def job_by_key(conn: AsyncConnection, user_id: str | None, job_id: str) ->
 
 
 async def jobs_by_pk(conn: AsyncConnection, job_pks: Sequence[str]) -> dict[str, JobRecord]:
-    rows = (await conn.execute(select(ai_job).where(ai_job.c.id.in_(list(job_pks))))).all()
+    """The claim's job records: no payload, no result URLs (O(1) per job, not O(images))."""
+    rows = (await conn.execute(select(*_LIGHT).where(ai_job.c.id.in_(list(job_pks))))).all()
     return {r.id: job_record(r) for r in rows}
 
 
 async def progress(conn: AsyncConnection, user_id: str | None, job_id: str) -> JobProgress:
-    """The job with its images counted by status, overall and per SKU (in payload order)."""
+    """The job with its counts (from its row) and, up to ``SKU_DETAIL_MAX_IMAGES`` images,
+    its counts per SKU in payload order."""
     job = await job_by_key(conn, user_id, job_id)
+    if job.total > SKU_DETAIL_MAX_IMAGES:
+        return JobProgress(job=job, counts=job.counts, skus_truncated=True)
+    img = ai_job_image
     query = (
-        select(ai_job_image.c.sku, ai_job_image.c.status, func.count())
-        .where(ai_job_image.c.job_pk == job.id)
-        .group_by(ai_job_image.c.sku, ai_job_image.c.status)
+        select(img.c.sku, img.c.status, func.count(), func.min(img.c.position))
+        .where(img.c.job_pk == job.id)
+        .group_by(img.c.sku, img.c.status)
     )
-    rows = (await conn.execute(query)).all()
-    counts = {s.value: 0 for s in ImageStatus}
     per_sku: dict[str, dict[str, int]] = {}
-    for sku, status, n in rows:
-        counts[status] += n
+    first: dict[str, int] = {}
+    for sku, status, n, position in (await conn.execute(query)).all():
         per_sku.setdefault(sku, {s.value: 0 for s in ImageStatus})[status] += n
-    ordered = {sku: per_sku[sku] for sku in _sku_order(job) if sku in per_sku}
-    return JobProgress(job=job, counts=counts, per_sku=ordered)
-
-
-def _sku_order(job: JobRecord) -> list[str]:
-    options = job.config.get("options") or {}
-    return [str(s) for s in options.get("skus") or []] or [str(job.config.get("sku"))]
+        first[sku] = min(first.get(sku, position), position)
+    ordered = {sku: per_sku[sku] for sku in sorted(per_sku, key=first.__getitem__)}
+    return JobProgress(job=job, counts=job.counts, per_sku=ordered)
 
 
 async def list_jobs(
     conn: AsyncConnection, user_id: str | None, *, limit: int, offset: int
 ) -> list[JobRecord]:
-    query = select(ai_job).order_by(ai_job.c.created_at.desc(), ai_job.c.id)
+    query = select(*_LIGHT).order_by(ai_job.c.created_at.desc(), ai_job.c.id)
     if user_id is not None:
         query = query.where(ai_job.c.user_id == user_id)
     query = query.limit(limit).offset(offset)
@@ -183,12 +178,29 @@ async def list_jobs(
 
 
 async def images(conn: AsyncConnection, job_pk: str) -> list[ImageRecord]:
+    """Every image of the job in payload order (tests, small jobs; the API pages)."""
     query = (
         select(ai_job_image)
         .where(ai_job_image.c.job_pk == job_pk)
         .order_by(ai_job_image.c.position)
     )
     return [image_record(r) for r in (await conn.execute(query)).all()]
+
+
+async def image_page(
+    conn: AsyncConnection, job: JobRecord, *, offset: int, limit: int
+) -> Page[ImageRecord]:
+    """Images ``offset`` .. ``offset + limit - 1`` by position: positions run 0 .. total - 1,
+    so the page is a range of the unique ``(job_pk, position)`` index, O(limit) at any
+    offset."""
+    img = ai_job_image
+    query = (
+        select(img)
+        .where(img.c.job_pk == job.id, img.c.position >= offset, img.c.position < offset + limit)
+        .order_by(img.c.position)
+    )
+    rows = (await conn.execute(query)).all()
+    return Page([image_record(r) for r in rows], total=job.total, offset=offset, limit=limit)
 
 
 async def result_keys(conn: AsyncConnection, job_pk: str) -> set[str]:
@@ -198,7 +210,14 @@ async def result_keys(conn: AsyncConnection, job_pk: str) -> set[str]:
     return {str(key) for key in (await conn.scalars(query)).all()}
 
 
-async def attempts(conn: AsyncConnection, job_pk: str) -> list[AttemptRecord]:
+async def attempts(
+    conn: AsyncConnection,
+    job_pk: str,
+    *,
+    after: tuple[datetime, int] | None = None,
+    limit: int | None = None,
+) -> list[AttemptRecord]:
+    """The job's attempts by start (then id); ``after`` a ``(started_at, id)`` keyset cursor."""
     a, i = ai_job_attempt, ai_job_image
     query = (
         select(a, i.c.position, i.c.sku, i.c.stem)
@@ -206,6 +225,13 @@ async def attempts(conn: AsyncConnection, job_pk: str) -> list[AttemptRecord]:
         .where(a.c.job_pk == job_pk)
         .order_by(a.c.started_at, a.c.id)
     )
+    if after is not None:
+        started, last_id = after
+        query = query.where(
+            or_(a.c.started_at > started, and_(a.c.started_at == started, a.c.id > last_id))
+        )
+    if limit is not None:
+        query = query.limit(limit)
     return [attempt_record(r) for r in (await conn.execute(query)).all()]
 
 
@@ -234,37 +260,58 @@ async def lock(conn: AsyncConnection, job_pk: str) -> None:
         )
 
 
+URLS_EVERY_COMPLETION_MAX = 1000  # jobs up to this size rebuild their URLs on every change
+URLS_REFRESH_SECONDS = 5.0  # bigger jobs: at most this often while running, and at the end
+
+
+def urls_due(total: int, refreshed_at: datetime | None, now: datetime, *, ended: bool) -> bool:
+    """Whether this roll-up rebuilds ``result_image_urls`` from the images (docs/design.md
+    "Big jobs"): always for a small job and when the job ends; else every few seconds."""
+    if ended or total <= URLS_EVERY_COMPLETION_MAX or refreshed_at is None:
+        return True
+    return (now - refreshed_at).total_seconds() >= URLS_REFRESH_SECONDS
+
+
 async def rollup(conn: AsyncConnection, job_pk: str, now: datetime) -> str:
-    """Recompute the job's status, ordered result URLs and ``updated_at`` from its images;
-    a job that ends has its sealed key erased. Returns the new status."""
-    img = ai_job_image
-    by_status = select(img.c.status, func.count()).where(img.c.job_pk == job_pk)
-    rows = (await conn.execute(by_status.group_by(img.c.status))).all()
-    counts: dict[str, int] = {str(r[0]): int(r[1]) for r in rows}
-    urls = (
-        await conn.scalars(
-            select(img.c.result_url)
-            .where(img.c.job_pk == job_pk, img.c.status == ImageStatus.SUCCEEDED.value)
-            .order_by(img.c.position)
-        )
-    ).all()
+    """Recompute the job's status from the counts on its row (shifted by the change that
+    calls this, in its transaction), rebuild its ordered result URLs when ``urls_due``, touch
+    ``updated_at``; a job that ends has its sealed key erased. Returns the new status."""
     job = (
         await conn.execute(
-            select(ai_job.c.cancel_requested, ai_job.c.status).where(ai_job.c.id == job_pk)
+            select(
+                *(getattr(ai_job.c, column) for column in counts.COLUMNS.values()),
+                ai_job.c.cancel_requested,
+                ai_job.c.status,
+                ai_job.c.total,
+                ai_job.c.urls_refreshed_at,
+            ).where(ai_job.c.id == job_pk)
         )
     ).one()
     status = rollup_status(
-        counts,
+        {status: int(job._mapping[column]) for status, column in counts.COLUMNS.items()},
         cancel_requested=bool(job.cancel_requested),
         started=job.status != JobStatus.QUEUED.value,
     )
+    ended = status in TERMINAL_JOB_STATUSES
     values: dict[str, Any] = {
         "status": status.value,
-        "result_image_urls": list(urls),
         "updated_at": now,
-        "finished_at": now if status in TERMINAL_JOB_STATUSES else None,
+        "finished_at": now if ended else None,
     }
+    if urls_due(job.total, job.urls_refreshed_at, now, ended=ended):
+        values |= {"result_image_urls": await _result_urls(conn, job_pk), "urls_refreshed_at": now}
     await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(**values))
-    if status in TERMINAL_JOB_STATUSES:  # the key is erased when the job ends
+    if ended:  # the key is erased when the job ends
         await conn.execute(ai_job_secret.delete().where(ai_job_secret.c.job_pk == job_pk))
     return status.value
+
+
+async def _result_urls(conn: AsyncConnection, job_pk: str) -> list[str]:
+    """The succeeded images' URLs in payload order (the ``(job_pk, status, position)`` index)."""
+    img = ai_job_image
+    query = (
+        select(img.c.result_url)
+        .where(img.c.job_pk == job_pk, img.c.status == ImageStatus.SUCCEEDED.value)
+        .order_by(img.c.position)
+    )
+    return [str(url) for url in (await conn.scalars(query)).all()]

@@ -1,6 +1,8 @@
 """What an attempt ends with: its provider call's end (the governor learns from it) and its
 outcome (succeeded, requeued, failed), written only while the attempt still holds its task.
 
+Every status change shifts the job's counts (``store.counts``) in the same transaction.
+
 Fencing: every write names the attempt by ``(image id, fence)``; a claim bumps the fence, so
 an attempt whose task was taken over writes nothing. ``finish`` locks the job row first
 (PostgreSQL), so concurrent completions of one job roll it up one after the other.
@@ -21,11 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from imagestudio.domain import ImageStatus
 from imagestudio.errors import LeaseLost
 from imagestudio.policy.governor import GovernorParams, GovernorState, Observation, observe
-from imagestudio.store import governors, jobs, outbox
+from imagestudio.store import counts, governors, jobs, outbox
 from imagestudio.store.records import ClaimedTask, Failed, Outcome, Requeue, Succeeded
 from imagestudio.store.tables import ai_job, ai_job_attempt, ai_job_image
 
 QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
+SUCCEEDED, FAILED = ImageStatus.SUCCEEDED.value, ImageStatus.FAILED.value
 
 
 async def end_call(
@@ -92,21 +95,25 @@ async def finish(
     )
     if result.rowcount != 1:
         raise LeaseLost(f"image {task.image_id} attempt {task.fence} lost its lease")
+    moved = {RUNNING: -1, _status_after(outcome): 1}
     await conn.execute(
         update(ai_job_attempt)
         .where(ai_job_attempt.c.image_id == task.image_id, ai_job_attempt.c.fence == task.fence)
         .values(**_attempt_values(outcome, now))
     )
     if isinstance(outcome, Failed) and outcome.fail_job:
-        await _fail_queued(conn, task.job_pk, outcome, now)
+        stopped = await _fail_queued(conn, task.job_pk, outcome, now)
+        moved = {RUNNING: -1, QUEUED: -stopped, FAILED: 1 + stopped}
+    await counts.shift(conn, {task.job_pk: moved})
     status = await jobs.rollup(conn, task.job_pk, now)
     await outbox.append(conn, now, [(task.job_pk, "image", _event_data(task, outcome, status))])
     return status
 
 
-async def _fail_queued(conn: AsyncConnection, job_pk: str, outcome: Failed, now: datetime) -> None:
-    """The job stops (a bad key, no quota): its queued images fail with the same reason."""
-    await conn.execute(
+async def _fail_queued(conn: AsyncConnection, job_pk: str, outcome: Failed, now: datetime) -> int:
+    """The job stops (a bad key, no quota): its queued images fail with the same reason;
+    returns how many."""
+    result = await conn.execute(
         update(ai_job_image)
         .where(ai_job_image.c.job_pk == job_pk, ai_job_image.c.status == QUEUED)
         .values(
@@ -118,6 +125,13 @@ async def _fail_queued(conn: AsyncConnection, job_pk: str, outcome: Failed, now:
         )
     )
     await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(error=outcome.error))
+    return int(result.rowcount)
+
+
+def _status_after(outcome: Outcome) -> str:
+    if isinstance(outcome, Succeeded):
+        return SUCCEEDED
+    return QUEUED if isinstance(outcome, Requeue) else FAILED
 
 
 def _outcome_values(outcome: Outcome, now: datetime) -> dict[str, Any]:

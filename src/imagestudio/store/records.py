@@ -4,23 +4,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from imagestudio.domain import OutputSpec
 from imagestudio.policy.governor import GovernorState
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
+    """An ``ai_job`` row without its payload (``config``, loaded by no read on the hot path).
+
+    ``counts`` are the images by status kept on the row (``store.counts``).
+    ``result_image_urls`` is ``None`` where it was not loaded (the claim's records, the job
+    list, the light lookups behind paginated reads): a big job's list is megabytes.
+    """
+
     id: str
     user_id: str
     job_id: str
     mode: str
     status: str
     total: int
-    config: dict[str, Any]
+    counts: dict[str, int]
     payload_hash: str
-    result_image_urls: list[str]
+    result_image_urls: list[str] | None
     error: str | None
     api_base: str
     model: str
@@ -112,6 +121,7 @@ class ImageRecord:
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
+    id: int
     image_id: int
     position: int
     sku: str
@@ -129,9 +139,32 @@ class AttemptRecord:
 
 @dataclass(frozen=True, slots=True)
 class JobProgress:
+    """A job with its counts and, for a job of at most ``SKU_DETAIL_MAX_IMAGES`` images, its
+    counts per SKU in payload order (``skus_truncated`` when left out)."""
+
     job: JobRecord
     counts: dict[str, int]
     per_sku: dict[str, dict[str, int]] = field(default_factory=dict)
+    skus_truncated: bool = False
+
+    @property
+    def result_image_urls(self) -> list[str]:
+        return self.job.result_image_urls or []
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a job's rows in order: ``next_offset`` is ``None`` on the last page."""
+
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+    @property
+    def next_offset(self) -> int | None:
+        end = self.offset + len(self.items)
+        return end if end < self.total and self.items else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from imagestudio.domain import OutputSpec
+from imagestudio.store import counts
 from imagestudio.store.records import (
     AttemptRecord,
     ClaimedTask,
@@ -24,9 +25,9 @@ def job_record(row: Row[Any]) -> JobRecord:
         mode=row.mode,
         status=row.status,
         total=row.total,
-        config=row.config,
+        counts=counts.of(row),
         payload_hash=row.payload_hash,
-        result_image_urls=list(row.result_image_urls or []),
+        result_image_urls=_urls(row),
         error=row.error,
         api_base=row.api_base,
         model=row.model,
@@ -45,6 +46,13 @@ def job_record(row: Row[Any]) -> JobRecord:
         updated_at=row.updated_at,
         finished_at=row.finished_at,
     )
+
+
+def _urls(row: Row[Any]) -> list[str] | None:
+    """The row's result URLs, or ``None`` when the query left the column out."""
+    if "result_image_urls" not in row._fields:
+        return None
+    return list(row.result_image_urls or [])
 
 
 def image_record(row: Row[Any]) -> ImageRecord:
@@ -75,6 +83,7 @@ def image_record(row: Row[Any]) -> ImageRecord:
 def attempt_record(row: Row[Any]) -> AttemptRecord:
     """An ``ai_job_attempt`` row joined with its image's ``position``, ``sku`` and ``stem``."""
     return AttemptRecord(
+        id=row.id,
         image_id=row.image_id,
         position=row.position,
         sku=row.sku,

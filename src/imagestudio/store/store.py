@@ -4,7 +4,7 @@ Each method picks the engine and the transaction; the SQL lives in the modules b
 
 - ``jobs``: intake, the reads behind the API, the job's roll-up;
 - ``queue``: the claim (admission, lease, rescue of lost leases) and the lease's upkeep;
-  ``claim_sql`` holds the claim's fair-order query;
+  ``claim`` holds the claim's steps, ``claim_sql`` its bounded reads;
 - ``outcomes``: an attempt's provider call ending and its outcome, fenced;
 - ``actions``: cancel and retry;
 - ``governors``: provider governor rows;
@@ -12,7 +12,8 @@ Each method picks the engine and the transaction; the SQL lives in the modules b
 
 The same code runs on SQLite (embedded default; every writing transaction is ``BEGIN
 IMMEDIATE``, so writers are serialized; reads go to their own engine and never wait for a
-writer) and on PostgreSQL (claims are serialized by one transaction-level advisory lock;
+writer) and on PostgreSQL (a claim locks the governor rows of the keys it starts tasks on,
+so claims for one key are serialized and claims for different keys are not;
 completions, cancels and retries lock their job row so the roll-up never loses an update).
 """
 
@@ -38,6 +39,7 @@ from imagestudio.store.records import (
     JobProgress,
     JobRecord,
     Outcome,
+    Page,
     SubmitResult,
 )
 
@@ -94,12 +96,14 @@ class Store:
             job_id, created = await jobs.insert(
                 conn, spec, sealed_key, defaults=self._defaults, now=self.clock()
             )
-        return jobs.submitted(await self.get_job(spec.user_id, job_id), spec, created=created)
+        job = await self.get_job(spec.user_id, job_id, urls=False)
+        return jobs.submitted(job, spec, created=created)
 
-    async def get_job(self, user_id: str | None, job_id: str) -> JobRecord:
-        """The job ``job_id`` of ``user_id``; ``None`` (local mode) means any user, newest."""
+    async def get_job(self, user_id: str | None, job_id: str, *, urls: bool = True) -> JobRecord:
+        """The job ``job_id`` of ``user_id``; ``None`` (local mode) means any user, newest.
+        ``urls=False``: without ``result_image_urls`` (megabytes for a big job)."""
         async with self.reader.connect() as conn:
-            return await jobs.job_by_key(conn, user_id, job_id)
+            return await jobs.job_by_key(conn, user_id, job_id, urls=urls)
 
     async def progress(self, user_id: str | None, job_id: str) -> JobProgress:
         async with self.reader.connect() as conn:
@@ -114,6 +118,18 @@ class Store:
     async def images(self, job_pk: str) -> list[ImageRecord]:
         async with self.reader.connect() as conn:
             return await jobs.images(conn, job_pk)
+
+    async def image_page(self, job: JobRecord, *, offset: int, limit: int) -> Page[ImageRecord]:
+        """Images by position from ``offset``, at most ``limit`` (O(limit) at any offset)."""
+        async with self.reader.connect() as conn:
+            return await jobs.image_page(conn, job, offset=offset, limit=limit)
+
+    async def attempt_page(
+        self, job_pk: str, *, after: tuple[datetime, int] | None, limit: int
+    ) -> list[AttemptRecord]:
+        """Up to ``limit`` attempts by start after the ``(started_at, id)`` cursor ``after``."""
+        async with self.reader.connect() as conn:
+            return await jobs.attempts(conn, job_pk, after=after, limit=limit)
 
     async def result_keys(self, job_pk: str) -> set[str]:
         """The storage keys of the job's recorded results."""
@@ -141,6 +157,8 @@ class Store:
         """Lease up to ``limit`` tasks that may start now (``queue.claim_batch``)."""
         if limit <= 0:
             return Claim([], None)
+        async with self.engine.begin() as conn:  # first, alone: it locks no governor
+            await queue.rescue_expired(conn, self.clock())
         async with self.engine.begin() as conn:
             return await queue.claim_batch(
                 conn,

@@ -6,22 +6,25 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
-from imagestudio.api.deps import JobDep, ServicesDep, StoreDep, UserDep
+from imagestudio.api.deps import ServicesDep, StoreDep, UserDep
 from imagestudio.api.schemas import (
-    AttemptOut,
-    ImageOut,
+    CURSOR_PATTERN,
+    ImagePage,
     JobOut,
     JobSummary,
     attempt_out,
-    image_out,
+    image_page_out,
     job_out,
     job_summary,
+    parse_timeline_cursor,
+    timeline_cursor,
 )
-from imagestudio.domain import TERMINAL_JOB_STATUSES
+from imagestudio.domain import API_PREFIX, TERMINAL_JOB_STATUSES
+from imagestudio.store.records import JobRecord
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -57,15 +60,50 @@ async def get_job(store: StoreDep, user: UserDep, job_id: str) -> JobOut:
     return job_out(progress, views[0] if views else None)
 
 
-@router.get("/{job_id}/images", response_model=dict[str, list[ImageOut]])
-async def get_images(store: StoreDep, job: JobDep) -> dict[str, list[ImageOut]]:
-    return {"images": [image_out(i) for i in await store.images(job.id)]}
+DEFAULT_PAGE, MAX_PAGE = 500, 5000
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+
+
+async def _light_job(store: StoreDep, user: UserDep, job_id: str) -> JobRecord:
+    """The job without its result URLs: a page of a big job reads O(page), not O(job)."""
+    return await store.get_job(user, job_id, urls=False)
+
+
+LightJobDep = Annotated[JobRecord, Depends(_light_job)]
+
+
+@router.get("/{job_id}/images", response_model=ImagePage)
+async def get_images(
+    store: StoreDep,
+    job: LightJobDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = DEFAULT_PAGE,
+) -> ImagePage:
+    """Images by position, ``limit`` from ``offset`` (the position of the first)."""
+    page = await store.image_page(job, offset=offset, limit=limit)
+    return image_page_out(page, f"{API_PREFIX}/jobs/{job.job_id}/images")
 
 
 @router.get("/{job_id}/timeline", response_model=dict[str, Any])
-async def get_timeline(store: StoreDep, job: JobDep) -> dict[str, Any]:
-    calls: list[AttemptOut] = [attempt_out(a) for a in await store.attempts(job.id)]
-    return {"job_id": job.job_id, "created_at": job.created_at, "calls": calls}
+async def get_timeline(
+    store: StoreDep,
+    job: LightJobDep,
+    cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
+    limit: PageLimit = DEFAULT_PAGE,
+) -> dict[str, Any]:
+    """Attempts by start, ``limit`` after ``cursor`` (the last page's ``next_cursor``)."""
+    after = parse_timeline_cursor(cursor) if cursor else None
+    found = await store.attempt_page(job.id, after=after, limit=limit)
+    following = timeline_cursor(found[-1]) if len(found) == limit else None
+    base = f"{API_PREFIX}/jobs/{job.job_id}/timeline"
+    return {
+        "job_id": job.job_id,
+        "created_at": job.created_at,
+        "calls": [attempt_out(a) for a in found],
+        "limit": limit,
+        "next_cursor": following,
+        "next": None if following is None else f"{base}?cursor={following}&limit={limit}",
+    }
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
@@ -97,7 +135,7 @@ async def job_events(
     request: Request,
     services: ServicesDep,
     user: UserDep,
-    job: JobDep,
+    job: LightJobDep,
     job_id: str,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> AsyncIterator[ServerSentEvent]:
@@ -115,7 +153,7 @@ async def job_events(
             after = event.id
             yield ServerSentEvent(id=str(event.id), event=event.type, data=event.data)
         if not events:
-            current = await store.get_job(user, job_id)
+            current = await store.get_job(user, job_id, urls=False)
             # An ended job's last events may still wait behind an older open transaction.
             if current.status in TERMINAL_JOB_STATUSES and not await outbox.has_events_after(
                 job.id, after
