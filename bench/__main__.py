@@ -10,7 +10,9 @@ Suites, in order (``--only`` / ``--skip`` pick them):
   ``bench/out/governor.md``);
 - ``chaos``: workers killed and PostgreSQL restarted mid-run (``bench/chaos.py``,
   ``bench/out/chaos.md``; it restarts the local PostgreSQL cluster unless
-  ``IMAGESTUDIO_CHAOS_PG_RESTART=0``).
+  ``IMAGESTUDIO_CHAOS_PG_RESTART=0``);
+- ``scale``: throughput, claim latency, intake and worker processes as the queue and the job
+  grow to 100,000 images (``bench/scale/``, ``bench/out/scale.md``; about 25 minutes).
 
 The exit code is 1 if any suite failed.
 """
@@ -31,7 +33,7 @@ from bench import demo_time, overhead
 from imagestudio.observability.logs import configure_logging
 
 OUT = Path(__file__).resolve().parent / "out" / "overhead.md"
-SUITES = ("overhead", "demo", "governor", "chaos")
+SUITES = ("overhead", "demo", "governor", "chaos", "scale")
 
 
 def _suites(text: str) -> list[str]:
@@ -111,7 +113,7 @@ def main() -> int:
         except Exception:
             traceback.print_exc()
             failed.append("overhead/demo")
-    for name in ("governor", "chaos"):
+    for name in ("governor", "chaos", "scale"):
         if name not in chosen:
             continue
         print(f"\n== {name}", flush=True)
