@@ -18,7 +18,9 @@ meets them, with ``raise Mapped(...) from exc`` so the cause is kept.
     ├── ProviderError               the image provider said no or failed
     │   ├── RateLimited             429 rate limit; ``retry_after`` seconds if the server said
     │   ├── ProviderTimeout         no answer in time; ``sent`` if the request may be billed
+    │   │   └── ConnectionDropped   the connection broke after the request was sent (billed?)
     │   ├── ProviderUnavailable     5xx, connection refused or reset
+    │   │   └── ProviderBusy        a 5xx that said when to come back (``retry_after``)
     │   ├── NoImageReturned         a 2xx answer without an image in it
     │   ├── ContentRejected         content policy refusal (permanent for the image)
     │   ├── ProviderBadRequest      the provider rejected the request (permanent)
@@ -126,8 +128,24 @@ class ProviderTimeout(ProviderError):
         self.sent = sent
 
 
+class ConnectionDropped(ProviderTimeout):
+    """The connection broke after the request was sent (mid-answer, or before any answer).
+
+    Like a timeout after sending, the provider may have done (and billed) the work: it is a
+    ``ProviderTimeout`` with ``sent=True``, so the retry policy bounds it with billed timeouts.
+    """
+
+
 class ProviderUnavailable(ProviderError):
     """5xx, or the connection was refused or reset."""
+
+
+class ProviderBusy(ProviderUnavailable):
+    """A 5xx (502, 503) that said when to come back: ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float, status_code: int | None = None) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
 
 
 class NoImageReturned(ProviderError):

@@ -14,6 +14,7 @@ from imagestudio.errors import (
     ApiKeyRequired,
     AuthFailed,
     BadImage,
+    ConnectionDropped,
     ContentRejected,
     ImageStudioError,
     InputError,
@@ -23,6 +24,7 @@ from imagestudio.errors import (
     NoImageReturned,
     PayloadInvalid,
     ProviderBadRequest,
+    ProviderBusy,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
@@ -77,6 +79,8 @@ TRANSIENT: list[BaseException] = [
     ProviderUnavailable("502 bad gateway", status_code=502),
     ProviderTimeout("no answer in 180s", sent=False),
     ProviderTimeout("no answer in 180s", sent=True),
+    ConnectionDropped("connection dropped after the request was sent", sent=True),
+    ProviderBusy("503 with retry-after 0", retry_after=0.0, status_code=503),
     NoImageReturned("2xx without an image"),
     SourceUnavailable("cdn answered 503"),
     StorageError("disk full"),
@@ -201,6 +205,55 @@ def test_billed_timeouts_are_bounded() -> None:
     second = run(ProviderTimeout("read timeout", sent=True), state(attempts=2, billed_timeouts=1))
     assert isinstance(second, FailImage)
     assert "billed" in second.reason
+
+
+@pytest.mark.parametrize(
+    ("error", "billed_before", "expected"),
+    [
+        (ConnectionDropped("dropped mid-answer", sent=True), 0, "retry, billed"),
+        (ConnectionDropped("dropped mid-answer", sent=True), 1, "fail, billed"),
+        (ProviderTimeout("504 from a gateway", sent=True), 1, "fail, billed"),
+        (ProviderTimeout("could not connect", sent=False), 1, "retry"),
+    ],
+)
+def test_dropped_connections_are_bounded_like_billed_timeouts(
+    error: BaseException, billed_before: int, expected: str
+) -> None:
+    decision = run(error, state(attempts=billed_before + 1, billed_timeouts=billed_before))
+    outcome = {Retry: "retry", FailImage: "fail", FailJob: "fail the job"}[type(decision)]
+    if isinstance(decision, Retry) and decision.billed_timeout:
+        outcome += ", billed"
+    if isinstance(decision, FailImage):
+        assert "may have been billed" in decision.reason
+        outcome += ", billed"
+    assert outcome == expected
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "attempts", "at_least", "at_most"),
+    [
+        (7.0, 1, 7.0, 7.0),  # longer than the backoff: exactly what the server asked
+        (30.0, 3, 30.0, 30.0),
+        (0.0, 3, 0.0, 4.0),  # shorter: the usual backoff (ceiling 4 s on attempt 3)
+    ],
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_a_busy_provider_is_retried_no_sooner_than_it_asked(
+    retry_after: float, attempts: int, at_least: float, at_most: float, seed: int
+) -> None:
+    busy = ProviderBusy("503 retry after", retry_after=retry_after, status_code=503)
+    decision = run(busy, state(attempts=attempts), seed=seed)
+    assert isinstance(decision, Retry)
+    assert decision.consumes_attempt
+    assert not decision.billed_timeout
+    assert at_least <= decision.delay <= at_most
+
+
+def test_a_busy_provider_still_uses_up_attempts() -> None:
+    busy = ProviderBusy("503 retry after", retry_after=5.0, status_code=503)
+    decision = run(busy, state(attempts=POLICY.max_attempts))
+    assert isinstance(decision, FailImage)
+    assert "ProviderBusy" in decision.reason
 
 
 @pytest.mark.parametrize(

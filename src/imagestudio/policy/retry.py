@@ -5,7 +5,9 @@ transient   RateLimited, ProviderUnavailable, ProviderTimeout, NoImageReturned,
             -> retry with exponential backoff and full jitter, never sooner than the
                server asked. A RateLimited is a *snooze*: it does not use up an attempt.
                A ProviderTimeout after the request was sent may already be billed, so
-               those are bounded separately (``max_billed_timeouts``).
+               those are bounded separately (``max_billed_timeouts``); a ConnectionDropped
+               (the connection broke after the request was sent) is one of them.
+               A ProviderBusy (a 5xx with retry-after) waits at least what it asked.
 permanent   ContentRejected, ProviderBadRequest, SourceNotFound, SourceTooLarge,
             BadImage, UnsafeURL -> the image fails now with the cleaned message.
 job-fatal   AuthFailed, QuotaExhausted -> the job stops; its queued images fail with
@@ -24,6 +26,7 @@ from imagestudio.errors import (
     ImageStudioError,
     InputError,
     ProviderBadRequest,
+    ProviderBusy,
     ProviderTimeout,
     QuotaExhausted,
     RateLimited,
@@ -111,9 +114,10 @@ def decide(
         )
     if state.attempts >= policy.max_attempts:
         return FailImage(f"failed after {state.attempts} attempts: {describe(error)}")
-    return Retry(
-        delay=backoff(state.attempts, policy, rng), consumes_attempt=True, billed_timeout=billed
-    )
+    delay = backoff(state.attempts, policy, rng)
+    if isinstance(error, ProviderBusy):
+        delay = max(delay, error.retry_after)
+    return Retry(delay=delay, consumes_attempt=True, billed_timeout=billed)
 
 
 def _snooze(

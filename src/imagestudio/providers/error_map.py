@@ -5,14 +5,22 @@ sees a foreign exception type. Messages are scrubbed: the configured key, anythi
 ``sk-...`` and any ``Bearer`` token are replaced, because providers (and gateways) echo keys.
 
     RateLimitError 429           -> QuotaExhausted (insufficient_quota) | RateLimited(retry_after)
-    APITimeoutError, timeouts    -> ProviderTimeout(sent=True)
-    APIConnectionError, network  -> ProviderUnavailable
-    401, 403                     -> AuthFailed
+    read/write timeouts          -> ProviderTimeout(sent=True) "did not answer within N s"
+    connect/pool timeouts        -> ProviderTimeout(sent=False) "could not connect within N s"
+    peer closed / read error     -> ConnectionDropped(sent=True): the request was sent, the
+                                    answer broke off (it may have been billed)
+    refused, DNS, write error    -> ProviderUnavailable "cannot reach provider"
+    401, 403                     -> AuthFailed, unless it came after a redirect to another
+                                    host (the SDK drops the key there): ProviderBadRequest
     400 content policy           -> ContentRejected
+    3xx not followed             -> ProviderBadRequest "redirected (307) to ..."
     400, 404, 422, other 4xx     -> ProviderBadRequest
-    408                          -> ProviderTimeout
-    409, 5xx                     -> ProviderUnavailable
+    408, 504                     -> ProviderTimeout(sent=True) (a gateway gave up waiting)
+    409, 5xx                     -> ProviderUnavailable; with retry-after -> ProviderBusy
     undecodable answer           -> NoImageReturned
+
+A status answer that came after redirects says so ("after a 307 redirect to host:port").
+HTML error pages are named by their title, not pasted whole.
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ import openai
 from imagestudio.domain import LimitKind
 from imagestudio.errors import (
     AuthFailed,
+    ConnectionDropped,
     ContentRejected,
     NoImageReturned,
     ProviderBadRequest,
+    ProviderBusy,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
@@ -52,6 +62,22 @@ _SAFETY_WORDS = ("safety system", "content policy", "content_policy", "safety")
 _TIMEOUTS: tuple[type[Exception], ...] = (httpx.TimeoutException, httpx2.TimeoutException)
 _STATUS_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPStatusError, httpx2.HTTPStatusError)
 _NETWORK: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
+_UNSENT_TIMEOUTS: tuple[type[Exception], ...] = (
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.WriteTimeout,
+    httpx2.ConnectTimeout,
+    httpx2.PoolTimeout,
+    httpx2.WriteTimeout,
+)
+# The request went out and the answer broke off: the provider may have done the work.
+_DROPPED: tuple[type[Exception], ...] = (
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx2.RemoteProtocolError,
+    httpx2.ReadError,
+)
+_TITLE = re.compile(r"<title>\s*([^<]{1,120}?)\s*</title>", re.IGNORECASE)
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
@@ -90,7 +116,7 @@ def classify_status(
         return QuotaExhausted if quota else RateLimited
     if status in (401, 403):
         return AuthFailed
-    if status == 408:
+    if status in (408, 504):
         return ProviderTimeout
     if status == 409 or status >= 500:
         return ProviderUnavailable
@@ -116,18 +142,35 @@ def limit_kind(message: str) -> LimitKind | None:
     return None
 
 
+def _detail(detail: str) -> str:
+    """An HTML error page named by its title ("HTML page '502 Bad Gateway'"), else as is."""
+    if "<html" not in detail[:200].lower():
+        return detail or "no details"
+    title = _TITLE.search(detail)
+    return f"an HTML page {title.group(1)!r}" if title else "an HTML page"
+
+
 def status_error(
     status: int,
     body: object,
     headers: Mapping[str, str],
     *,
     secrets: Iterable[str] = (),
+    redirect: str = "",
 ) -> ProviderError:
-    """Our exception for an HTTP error answer with this status, body and headers."""
+    """Our exception for an HTTP error answer with this status, body and headers.
+
+    ``redirect`` is how the answer was reached when redirects were followed ("after a 307
+    redirect to host:port"), said in the message.
+    """
     code, type_, detail = error_fields(body)
     cls = classify_status(status, code, type_, detail)
     suffix = f" ({code})" if code else ""
-    message = scrub(f"provider answered {status}{suffix}: {detail or 'no details'}", secrets)
+    where = f" {redirect}" if redirect else ""
+    message = scrub(f"provider answered {status}{suffix}{where}: {_detail(detail)}", secrets)
+    if 300 <= status < 400:
+        location = headers.get("location", "nowhere")
+        message = scrub(f"provider redirected ({status}) to {location}, not followed", secrets)
     if cls is RateLimited:
         return RateLimited(
             message,
@@ -136,59 +179,131 @@ def status_error(
             rate=parse_rate_info(headers),
             limit=limit_kind(detail),
         )
+    return _other_status_error(cls, message, status, headers)
+
+
+def _other_status_error(
+    cls: type[ProviderError], message: str, status: int, headers: Mapping[str, str]
+) -> ProviderError:
     if cls is ProviderTimeout:
+        if status == 504:
+            message += " (a gateway gave up waiting: the request may have been billed)"
         error = ProviderTimeout(message, sent=True)
         error.status_code = status
         return error
+    if cls is ProviderUnavailable:
+        wait = parse_retry_after(headers)
+        if wait is not None:
+            return ProviderBusy(
+                f"{message} (retry after {wait:g} s)", retry_after=wait, status_code=status
+            )
+        return cls(message, status_code=status)
     return cls(message, status_code=status)
 
 
-def _from_openai(exc: openai.OpenAIError, secrets: list[str]) -> ProviderError:
+def _redirected(response: Any, secrets: list[str]) -> ProviderError | None:
+    """What a status answer reached through redirects means (None: the answer itself)."""
+    history = list(getattr(response, "history", None) or [])
+    if not history:
+        return None
+    first_url, url = history[0].request.url, response.url
+    hop = f"after a {history[0].status_code} redirect to {url.host}:{url.port}{url.path}"
+    other_host = (first_url.host, first_url.port) != (url.host, url.port)
+    if response.status_code in (401, 403) and other_host:
+        return ProviderBadRequest(
+            scrub(
+                f"provider answered {response.status_code} {hop}: the redirect went to another "
+                "host, which the API key is not sent to; check api_base",
+                secrets,
+            ),
+            status_code=response.status_code,
+        )
+    return status_error(
+        response.status_code,
+        _json_or_text(response),
+        response.headers,
+        secrets=secrets,
+        redirect=hop,
+    )
+
+
+def _from_openai(exc: openai.OpenAIError, secrets: list[str], timeout: str) -> ProviderError:
     if isinstance(exc, openai.APIStatusError):
+        redirected = _redirected(exc.response, secrets)
+        if redirected is not None:
+            return redirected
         return status_error(exc.status_code, exc.body, exc.response.headers, secrets=secrets)
-    if isinstance(exc, openai.APITimeoutError):
-        return ProviderTimeout("provider did not answer in time", sent=True)
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc
-        return ProviderUnavailable(scrub(f"cannot reach provider: {cause!r}", secrets))
+    if isinstance(exc, openai.APIConnectionError):  # APITimeoutError is one
+        return transport_error(exc.__cause__ or exc, secrets, timeout)
     if isinstance(exc, openai.APIResponseValidationError):
         return NoImageReturned(scrub(f"provider answer could not be read: {exc}", secrets))
     return ProviderUnavailable(scrub(f"provider client error: {exc}", secrets))
 
 
-def _from_http(exc: Exception, secrets: list[str]) -> ProviderError:
+def transport_error(exc: BaseException, secrets: list[str], timeout: str = "") -> ProviderError:
+    """Our error for a transport failure (``exc`` an httpx/httpx2 error, or the SDK's own)."""
+    within = f" within {timeout}" if timeout else " in time"
+    if isinstance(exc, _UNSENT_TIMEOUTS):
+        stage = "send the request" if "Write" in type(exc).__name__ else "connect"
+        return ProviderTimeout(f"could not {stage} to the provider{within}", sent=False)
+    if isinstance(exc, (*_TIMEOUTS, openai.APITimeoutError)):
+        return ProviderTimeout(f"provider did not answer{within}", sent=True)
+    if isinstance(exc, _DROPPED):
+        return ConnectionDropped(
+            scrub(
+                f"connection dropped after the request was sent (it may have been billed): {exc}",
+                secrets,
+            ),
+            sent=True,
+        )
+    return ProviderUnavailable(scrub(f"cannot reach provider: {exc!r}", secrets))
+
+
+def _from_http(exc: Exception, secrets: list[str], timeout: str) -> ProviderError:
     if isinstance(exc, _STATUS_ERRORS):
         response: Any = exc.response  # type: ignore[attr-defined]
         return status_error(
             response.status_code, _json_or_text(response), response.headers, secrets=secrets
         )
-    if isinstance(exc, _TIMEOUTS):
-        return ProviderTimeout(
-            scrub(f"provider did not answer in time: {exc!r}", secrets), sent=True
-        )
-    return ProviderUnavailable(scrub(f"cannot reach provider: {exc!r}", secrets))
+    return transport_error(exc, secrets, timeout)
 
 
 def _json_or_text(response: Any) -> object:
     try:
         return response.json()
-    except ValueError:
-        return response.text
+    except (ValueError, httpx.StreamError, httpx2.StreamError):
+        try:
+            return response.text
+        except (httpx.StreamError, httpx2.StreamError):
+            return ""
 
 
-def map_provider_error(exc: BaseException, *, secrets: Iterable[str] = ()) -> ProviderError:
-    """Our ``ProviderError`` for a foreign exception raised while calling a provider."""
+def map_provider_error(
+    exc: BaseException, *, secrets: Iterable[str] = (), timeout: float | None = None
+) -> ProviderError:
+    """Our ``ProviderError`` for a foreign exception raised while calling a provider.
+
+    ``timeout`` (seconds) is the client's limit, named in the messages of timeouts.
+    """
     keys = list(secrets)
+    limit = f"{timeout:g} s" if timeout is not None else ""
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, openai.OpenAIError):
-        return _from_openai(exc, keys)
+        return _from_openai(exc, keys, limit)
     if isinstance(exc, _NETWORK):
-        return _from_http(exc, keys)
+        return _from_http(exc, keys, limit)
+    if isinstance(exc, TimeoutError):  # the adapter's deadline over the whole call
+        return ProviderTimeout(f"provider did not answer within {limit or 'the limit'}", sent=True)
     if isinstance(exc, (binascii.Error, ValueError)):
-        return NoImageReturned(scrub(f"provider answer is not a valid image: {exc}", keys))
+        return NoImageReturned(scrub(f"provider answer could not be read: {exc}", keys))
     return ProviderUnavailable(scrub(f"provider call failed: {exc!r}", keys))
 
 
-MAPPED_EXCEPTIONS: tuple[type[Exception], ...] = (openai.OpenAIError, *_NETWORK, ValueError)
+MAPPED_EXCEPTIONS: tuple[type[Exception], ...] = (
+    openai.OpenAIError,
+    *_NETWORK,
+    ValueError,
+    TimeoutError,
+)
 """What adapters catch and pass to ``map_provider_error`` (``binascii.Error`` is a ValueError)."""

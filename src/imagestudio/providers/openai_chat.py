@@ -73,12 +73,14 @@ class OpenAIChatProvider(OpenAIClientBase):
             messages=chat_messages(request),  # type: ignore[arg-type]
             extra_body={"modalities": ["image", "text"]},
         )
-        return ImageResult(await self._image(raw.parse()), parse_rate_info(raw.headers))
+        return ImageResult(await self._image(self.parsed(raw)), parse_rate_info(raw.headers))
 
     async def _image(self, completion: Any) -> bytes:
-        if not getattr(completion, "choices", None):  # a non-JSON answer arrives as a str
-            raise NoImageReturned("provider answered without choices")
-        choice = completion.choices[0]
+        choices = getattr(completion, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            kind = "without choices" if choices is None else "with no choice in its choices"
+            raise NoImageReturned(f"provider answered 200 {kind}")
+        choice = choices[0]
         url = next(image_urls(choice.message), None)
         if url is not None:
             return decode_data_url(url) or await self.download(url)
@@ -86,4 +88,7 @@ class OpenAIChatProvider(OpenAIClientBase):
         if choice.finish_reason == "content_filter" or refusal:
             detail = scrub(refusal or "content filter", [self.config.api_key])
             raise ContentRejected(f"provider refused the request: {detail}")
+        extra = getattr(choice.message, "model_extra", None) or {}
+        if extra.get("images"):
+            raise NoImageReturned("provider answered 200 with message.images but no image URL")
         raise NoImageReturned("provider answered without an image")

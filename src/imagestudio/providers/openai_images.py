@@ -7,6 +7,7 @@ exception is mapped by ``error_map.map_provider_error`` before it leaves this mo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
@@ -17,7 +18,7 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from imagestudio.errors import NoImageReturned, ProviderError
+from imagestudio.errors import NoImageReturned, ProviderError, ProviderUnavailable
 from imagestudio.providers.base import ImageRequest, ImageResult, ProviderConfig
 from imagestudio.providers.error_map import MAPPED_EXCEPTIONS, map_provider_error, scrub
 from imagestudio.providers.retry_after import parse_rate_info
@@ -26,6 +27,8 @@ HttpClient = httpx2.AsyncClient | httpx.AsyncClient
 """An injectable async client: the SDK's own ``httpx2`` or a legacy ``httpx`` one."""
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+MAX_ANSWER_BYTES = 96 * 1024 * 1024  # a 64 MB image in base64, with room for the JSON
+_MB = 1024 * 1024
 _MAGIC: tuple[bytes, ...] = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
 _DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,([A-Za-z0-9+/=\s_-]+)", re.IGNORECASE)
 
@@ -36,8 +39,12 @@ def looks_like_image(data: bytes) -> bool:
     return is_webp or any(data.startswith(magic) for magic in _MAGIC)
 
 
-def decode_b64_image(text: str) -> bytes:
+def decode_b64_image(text: object) -> bytes:
     """The image in a base64 string, or ``NoImageReturned``."""
+    if not isinstance(text, str):
+        name = type(text).__name__
+        kind = "null" if text is None else ("an " if name[0] in "aeiou" else "a ") + name
+        raise NoImageReturned(f"provider answered 200 with b64_json as {kind}, not a string")
     try:
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -69,10 +76,17 @@ class OpenAIClientBase:
             http_client=cast(httpx2.AsyncClient, self._http),
         )
 
+    max_answer_bytes = MAX_ANSWER_BYTES  # a class attribute: tests lower it on an instance
+
     async def generate(self, request: ImageRequest) -> ImageResult:
-        """One image; every failure leaves as one of our ``ProviderError`` classes."""
+        """One image; every failure leaves as one of our ``ProviderError`` classes.
+
+        ``timeout_seconds`` bounds the whole call too (the SDK's timeout is per read, so an
+        answer drip-fed a few bytes at a time would never time out).
+        """
         try:
-            return await self._generate(request)
+            async with asyncio.timeout(self.config.timeout_seconds):
+                return await self._generate(request)
         except ProviderError:
             raise
         except MAPPED_EXCEPTIONS as exc:
@@ -82,7 +96,36 @@ class OpenAIClientBase:
         raise NotImplementedError
 
     def _mapped(self, exc: BaseException) -> ProviderError:
-        return map_provider_error(exc, secrets=[self.config.api_key])
+        return map_provider_error(
+            exc, secrets=[self.config.api_key], timeout=self.config.timeout_seconds
+        )
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, [self.config.api_key])
+
+    def parsed(self, raw: Any) -> Any:
+        """The answer of a raw SDK response, or ``NoImageReturned`` naming what is wrong with
+        it: too large, malformed JSON, or not JSON at all (the SDK gives those as a str)."""
+        http, status = raw.http_response, raw.status_code
+        size = len(http.content)
+        if size > self.max_answer_bytes:
+            raise NoImageReturned(
+                f"provider answered {status} with {size / _MB:.1f} MB, "
+                f"over the {self.max_answer_bytes / _MB:.1f} MB cap"
+            )
+        try:
+            result = raw.parse()
+        except ValueError as exc:
+            start = http.text[:60]
+            raise NoImageReturned(
+                self._scrub(f"provider answered {status} with malformed JSON: {exc}: {start!r}")
+            ) from exc
+        if isinstance(result, str):
+            kind = http.headers.get("content-type", "no content type")
+            raise NoImageReturned(
+                self._scrub(f"provider answered {status} with {kind}, not JSON: {result[:60]!r}")
+            )
+        return result
 
     async def download(self, url: str) -> bytes:
         """Fetch an image URL the provider answered with (capped in size and time)."""
@@ -91,7 +134,7 @@ class OpenAIClientBase:
         chunks: list[bytes] = []
         size = 0
         async with self._http.stream("GET", url, timeout=self.config.timeout_seconds) as response:
-            response.raise_for_status()
+            _check_download(response.status_code)
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > MAX_DOWNLOAD_BYTES:
@@ -106,6 +149,14 @@ class OpenAIClientBase:
         """Close the HTTP client if this adapter created it (an injected one is the caller's)."""
         if self._owns_http:
             await self._client.close()
+
+
+def _check_download(status: int) -> None:
+    """An image URL that answered an error: 5xx is transient, anything else is no image."""
+    if status >= 500:
+        raise ProviderUnavailable(f"provider image URL answered {status}", status_code=status)
+    if status >= 300:
+        raise NoImageReturned(f"provider image URL answered {status}", status_code=status)
 
 
 def _family(model: str) -> str:
@@ -141,16 +192,20 @@ class OpenAIImagesProvider(OpenAIClientBase):
             raw = await images.edit(image=image, **params)
         else:
             raw = await images.generate(**params)
-        result = raw.parse()
-        data = getattr(result, "data", None)  # a non-JSON answer arrives as a plain str
+        data = getattr(self.parsed(raw), "data", None)
+        if data is None:
+            raise NoImageReturned("provider answered 200 without a data list")
         if not isinstance(data, list):
-            raise NoImageReturned("provider answer is not an images response")
+            raise NoImageReturned(f"provider answered 200 with data as a {type(data).__name__}")
+        if not data:
+            raise NoImageReturned("provider answered 200 with an empty data list (no image)")
         return ImageResult(await self._first_image(data), parse_rate_info(raw.headers))
 
     async def _first_image(self, data: list[Any]) -> bytes:
         for item in data:
-            if getattr(item, "b64_json", None):
-                return decode_b64_image(item.b64_json)
-            if getattr(item, "url", None):
-                return decode_data_url(item.url) or await self.download(item.url)
-        raise NoImageReturned("provider answered without an image")
+            b64, url = getattr(item, "b64_json", None), getattr(item, "url", None)
+            if b64 is not None:
+                return decode_b64_image(b64)
+            if isinstance(url, str) and url:
+                return decode_data_url(url) or await self.download(url)
+        raise NoImageReturned("provider answered 200 without an image (no b64_json or url)")

@@ -13,6 +13,10 @@ OpenAI-style servers say it several ways at once: ``retry-after-ms`` (millisecon
   is 0. OpenAI sends ``retry-after: 1`` beside ``x-ratelimit-reset-tokens: 6m0s`` with tokens
   to spare; taking the largest value there stopped a key for six minutes on a one-second wait.
   A reset without its remaining count says nothing about being exhausted and is ignored.
+- Other shapes, by the same rule (a reset counts when its remaining is 0): the IETF draft's
+  ``ratelimit-remaining``/``ratelimit-reset`` (seconds to wait), and un-suffixed
+  ``x-ratelimit-remaining``/``x-ratelimit-reset`` where the reset is seconds, a duration or,
+  when it is larger than ``EPOCH_FLOOR``, a unix time (as GitHub-style relays send it).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from imagestudio.domain import RateInfo
 
 # Waits longer than this are treated as garbage rather than advice.
 MAX_SENSIBLE_WAIT = 24 * 3600.0
+EPOCH_FLOOR = 1e9  # a reset above this many seconds is a unix time (2001-09-09 onwards)
 
 _UNIT_SECONDS = {
     "h": 3600.0,
@@ -87,14 +92,29 @@ def _explicit(lower: Mapping[str, str], now: float) -> float | None:
     return None
 
 
-def _exhausted_resets(lower: Mapping[str, str]) -> list[float | None]:
+_RESET_PAIRS = (
+    ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+    ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    ("ratelimit-remaining", "ratelimit-reset"),
+    ("x-ratelimit-remaining", "x-ratelimit-reset"),
+)
+
+
+def _reset_seconds(text: str, now: float) -> float | None:
+    seconds = parse_duration(text)
+    if seconds is not None and seconds > EPOCH_FLOOR:
+        return max(0.0, seconds - now)
+    return seconds
+
+
+def _exhausted_resets(lower: Mapping[str, str], now: float) -> list[float | None]:
     """The reset of every limit whose remaining count is 0."""
     resets: list[float | None] = []
-    for limit in ("requests", "tokens"):
-        remaining = _int(lower.get(f"x-ratelimit-remaining-{limit}"))
-        reset = lower.get(f"x-ratelimit-reset-{limit}")
+    for remaining_name, reset_name in _RESET_PAIRS:
+        remaining = _int(lower.get(remaining_name))
+        reset = lower.get(reset_name)
         if remaining == 0 and reset is not None:
-            resets.append(parse_duration(reset))
+            resets.append(_reset_seconds(reset, now))
     return resets
 
 
@@ -110,10 +130,11 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     absurd (more than a day) values are ignored.
     """
     lower = {key.lower(): value for key, value in headers.items()}
-    explicit = _explicit(lower, time.time() if now is None else now)
+    now = time.time() if now is None else now
+    explicit = _explicit(lower, now)
     if explicit is not None and _sensible(explicit):
         return explicit
-    resets = [wait for wait in _exhausted_resets(lower) if wait is not None and _sensible(wait)]
+    resets = [w for w in _exhausted_resets(lower, now) if w is not None and _sensible(w)]
     return max(resets) if resets else None
 
 
@@ -125,12 +146,19 @@ def _int(text: str | None) -> int | None:
 
 
 def parse_rate_info(headers: Mapping[str, str]) -> RateInfo | None:
-    """The ``x-ratelimit-{limit,remaining,reset}-requests`` headers, or None without any."""
+    """The ``x-ratelimit-{limit,remaining,reset}-requests`` headers (else the IETF draft's
+    ``ratelimit-*``, else un-suffixed ``x-ratelimit-*``), or None without any."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    limit = _int(lowered.get("x-ratelimit-limit-requests"))
-    remaining = _int(lowered.get("x-ratelimit-remaining-requests"))
-    reset_text = lowered.get("x-ratelimit-reset-requests")
-    reset = parse_duration(reset_text) if reset_text else None
+    prefix = next(
+        (p for p in ("x-ratelimit-{}-requests", "ratelimit-{}") if p.format("limit") in lowered),
+        "x-ratelimit-{}",
+    )
+    if prefix == "x-ratelimit-{}" and "x-ratelimit-remaining-requests" in lowered:
+        prefix = "x-ratelimit-{}-requests"
+    limit = _int(lowered.get(prefix.format("limit")))
+    remaining = _int(lowered.get(prefix.format("remaining")))
+    reset_text = lowered.get(prefix.format("reset"))
+    reset = _reset_seconds(reset_text, time.time()) if reset_text else None
     if limit is None and remaining is None and reset is None:
         return None
     return RateInfo(limit_requests=limit, remaining_requests=remaining, reset_requests=reset)
