@@ -426,3 +426,184 @@ def test_fit_long_side(
     size: tuple[int, int], long_side: int | None, fitted: tuple[int, int]
 ) -> None:
     assert fit_long_side(size, long_side) == fitted
+
+
+# ---------------------------------------------------------------------------- wire faults
+
+
+def generate(client: httpx.AsyncClient, prompt: str) -> Any:
+    body = {"prompt": prompt, "model": "gpt-image-1", "size": "64x64"}
+    return client.post("/v1/images/generations", json=body)
+
+
+@pytest.mark.parametrize(
+    ("shape", "check"),
+    [
+        ("truncated", lambda text: text.startswith('{"created"') and not text.endswith("}")),
+        ("html", lambda text: text.startswith("<html>")),
+        ("b64-int", lambda text: '"b64_json": 12345' in text),
+        ("b64-list", lambda text: '"b64_json": ["' in text),
+        ("b64-null", lambda text: '"b64_json": null' in text),
+        ("no-data", lambda text: '"data"' not in text and '"created"' in text),
+        ("empty-data", lambda text: '"data": []' in text),
+    ],
+)
+async def test_malformed_answers_come_with_200(
+    start_fake: StartFake, shape: str, check: Callable[[str], bool]
+) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        response = await edit(client, f"studio [[json:{shape}]]")
+    assert response.status_code == 200
+    assert check(response.text), response.text[:200]
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+async def test_a_dropped_connection_breaks_the_answer(start_fake: StartFake, where: str) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        with pytest.raises(httpx.RemoteProtocolError, match="received"):
+            await edit(client, f"[[drop:{where}]]")
+        again = await edit(client)  # the fake itself is fine
+    assert again.status_code == 200
+
+
+async def test_redirects_point_at_the_redirected_routes(start_fake: StartFake) -> None:
+    url = start_fake()
+    async with httpx.AsyncClient(base_url=url, headers=AUTH) as client:
+        same = await edit(client, "[[redirect:307]]")
+        other = await edit(client, "[[redirect:302:127.0.0.2:9]]")
+    assert same.status_code == 307
+    assert same.headers["location"] == f"{url}/redirected/v1/images/edits"
+    assert other.status_code == 302
+    assert other.headers["location"] == "http://127.0.0.2:9/redirected/v1/images/edits"
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, follow_redirects=True) as client:
+        followed = await edit(client, "[[redirect:307]]")  # the body is sent again
+    assert followed.status_code == 200
+    assert [r.status_code for r in followed.history] == [307]
+    assert decode(followed.json()).size == (256, 256)
+
+
+async def test_url_answers_point_at_the_fake_or_at_a_404(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        served = (await generate(client, "[[url:self]]")).json()["data"][0]["url"]
+        missing = (await generate(client, "[[url:404]]")).json()["data"][0]["url"]
+        chat = await client.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "[[url:self]]"}]},
+        )
+        image = await client.get(served)
+        gone = await client.get(missing)
+    assert image.status_code == 200
+    assert image.content.startswith(b"\x89PNG")
+    assert gone.status_code == 404
+    chat_url = chat.json()["choices"][0]["message"]["images"][0]["image_url"]["url"]
+    assert chat_url.startswith("http://127.0.0.1:")
+
+
+async def test_a_drip_fed_body_arrives_slowly_but_whole(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        fast = await generate(client, "same prompt")
+        started = time.monotonic()
+        slow = await generate(client, "same prompt [[drip:1000:20]]")
+        seconds = time.monotonic() - started
+    chunks = -(-len(slow.content) // 1000)
+    assert chunks >= 3
+    assert seconds >= chunks * 0.02
+    assert slow.headers["content-length"] == str(len(slow.content))
+    assert len(slow.content) > len(fast.content)  # the prompt with the trigger is longer
+
+
+async def test_an_oversized_answer_pads_the_image(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        response = await generate(client, "[[big:1.5]]")
+    data = base64.b64decode(response.json()["data"][0]["b64_json"])
+    assert data.startswith(b"\x89PNG")
+    assert len(data) >= 1.5 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("trigger", "status", "retry_after"),
+    [("[[http:502]]", 502, None), ("[[http:503:7]]", 503, "7"), ("[[http:504]]", 504, None)],
+)
+async def test_gateway_errors(
+    start_fake: StartFake, trigger: str, status: int, retry_after: str | None
+) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        response = await edit(client, trigger)
+    assert response.status_code == status
+    assert response.headers.get("retry-after") == retry_after
+    assert response.headers["content-type"].startswith("text/html")
+    assert f"<title>{status} " in response.text
+
+
+def _rate_headers(response: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if "ratelimit" in k or "retry-after" in k}
+
+
+@pytest.mark.parametrize(
+    ("style", "expected"),
+    [
+        ("openai", {"retry-after", "retry-after-ms", "x-ratelimit-reset-requests"}),
+        ("ietf", {"ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"}),
+        ("epoch", {"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"}),
+        ("bare", set()),
+    ],
+)
+async def test_429s_in_other_shapes(start_fake: StartFake, style: str, expected: set[str]) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        response = await edit(client, f"[[429:{style}:3]]")
+    assert response.status_code == 429
+    headers = _rate_headers(response)
+    assert expected <= set(headers)
+    if style == "ietf":
+        assert headers["ratelimit-reset"] == "3"
+        assert "retry-after" not in headers
+    if style == "epoch":
+        assert abs(int(headers["x-ratelimit-reset"]) - (time.time() + 3)) <= 2
+    if style == "bare":
+        assert headers == {}
+        assert response.text == "Too Many Requests"
+
+
+@pytest.mark.parametrize("style", ["ietf", "epoch", "bare"])
+async def test_the_limiter_answers_in_the_configured_style(
+    start_fake: StartFake, style: str
+) -> None:
+    url = start_fake(rpm=60, ratelimit_style=style)
+    async with httpx.AsyncClient(base_url=url, headers=AUTH) as client:
+        first, second = await edit(client), await edit(client)
+    assert (first.status_code, second.status_code) == (200, 429)
+    names = set(_rate_headers(first)) | set(_rate_headers(second))
+    assert not any(name.endswith("-requests") or name.startswith("retry-after") for name in names)
+    if style == "bare":
+        assert names == set()
+        assert second.text == "Too Many Requests"
+    else:
+        prefix = "ratelimit-" if style == "ietf" else "x-ratelimit-"
+        assert second.headers[f"{prefix}remaining"] == "0"
+
+
+async def test_rate_headers_can_come_on_429s_only(start_fake: StartFake) -> None:
+    url = start_fake(rpm=60, ratelimit_headers_on_429_only=True)
+    async with httpx.AsyncClient(base_url=url, headers=AUTH) as client:
+        first, second = await edit(client), await edit(client)
+    assert _rate_headers(first) == {}
+    assert second.status_code == 429
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_the_fault_knob_applies_to_every_call(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(fault="[[http:503]]"), headers=AUTH) as client:
+        answers = [await edit(client), await generate(client, "anything")]
+    assert [answer.status_code for answer in answers] == [503, 503]
+
+
+@pytest.mark.parametrize("prompt", ["[[json:weird]]", "[[429:klingon]]", "[[http:200]]"])
+async def test_unknown_fault_arguments_are_a_400(start_fake: StartFake, prompt: str) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        response = await edit(client, prompt)
+    assert response.status_code == 400
+
+
+def test_ratelimit_style_is_validated() -> None:
+    with pytest.raises(ValueError, match="ratelimit_style"):
+        FakeProviderConfig(ratelimit_style="klingon").validate()

@@ -26,9 +26,11 @@ from imagestudio.cli.background_server import BackgroundServer, free_port
 from imagestudio.domain import SourceFile
 from imagestudio.errors import (
     AuthFailed,
+    ConnectionDropped,
     ContentRejected,
     NoImageReturned,
     ProviderBadRequest,
+    ProviderBusy,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
@@ -243,6 +245,7 @@ async def test_no_answer_in_time_is_provider_timeout(
     with pytest.raises(ProviderTimeout) as caught:
         await provider.generate(request(style, "[[slow]]"))  # 400 ms
     assert caught.value.sent is True
+    assert "provider did not answer within 0.15 s" in caught.value.message
     assert_clean(caught.value)
 
 
@@ -389,3 +392,239 @@ async def test_odd_chat_answers_map_to_our_errors(
 ) -> None:
     with pytest.raises(cls):
         await provider_for(odd_url, "chat").generate(request("chat", prompt))
+
+
+# ---------------------------------------------------------------------------- wire faults
+
+
+def assert_no_secret(error: ProviderError, key: str = KEY) -> None:
+    """For errors our adapters raise on their own (no foreign cause to keep)."""
+    for text in (str(error), repr(error), error.message):
+        assert key not in text
+
+
+@pytest.mark.parametrize(
+    ("style", "shape", "message"),
+    [
+        ("images", "truncated", "provider answered 200 with malformed JSON: Unterminated string"),
+        ("chat", "truncated", "provider answered 200 with malformed JSON: Unterminated string"),
+        ("images", "html", "provider answered 200 with text/html; charset=utf-8, not JSON"),
+        ("chat", "html", "provider answered 200 with text/html; charset=utf-8, not JSON"),
+        ("images", "b64-int", "provider answered 200 with b64_json as an int, not a string"),
+        ("images", "b64-list", "provider answered 200 with b64_json as a list, not a string"),
+        ("images", "b64-null", "provider answered 200 without an image (no b64_json or url)"),
+        ("chat", "b64-int", "provider answered 200 with message.images but no image URL"),
+        ("chat", "b64-null", "provider answered 200 with message.images but no image URL"),
+        ("images", "no-data", "provider answered 200 without a data list"),
+        ("chat", "no-data", "provider answered 200 without choices"),
+        ("images", "empty-data", "provider answered 200 with an empty data list (no image)"),
+        ("chat", "empty-data", "provider answered 200 with no choice in its choices"),
+    ],
+)
+async def test_malformed_200s_say_what_was_wrong(
+    fake: str, provider_for: Any, style: str, shape: str, message: str
+) -> None:
+    with pytest.raises(NoImageReturned) as caught:
+        await provider_for(fake, style).generate(request(style, f"[[json:{shape}]] {KEY}"))
+    assert caught.value.message.startswith(message), caught.value.message
+    assert_no_secret(caught.value)
+    if shape == "truncated":
+        assert isinstance(caught.value.__cause__, ValueError)
+
+
+@pytest.mark.parametrize("style", ["images", "chat"])
+@pytest.mark.parametrize("where", ["headers", "body"])
+async def test_a_dropped_connection_may_be_billed(
+    fake: str, provider_for: Any, style: str, where: str
+) -> None:
+    with pytest.raises(ConnectionDropped) as caught:
+        await provider_for(fake, style).generate(request(style, f"[[drop:{where}]]"))
+    error = caught.value
+    assert isinstance(error, ProviderTimeout)
+    assert error.sent is True
+    assert error.message.startswith(
+        "connection dropped after the request was sent (it may have been billed): "
+        "peer closed connection without sending complete message body"
+    )
+    assert_clean(error)
+
+
+@pytest.mark.parametrize("style", ["images", "chat"])
+async def test_a_drip_fed_answer_times_out_over_the_whole_call(
+    fake: str, provider_for: Any, style: str
+) -> None:
+    provider = provider_for(fake, style, timeout=0.5)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ProviderTimeout) as caught:
+        await provider.generate(request(style, "[[drip:64:100]]"))  # each read well in time
+    assert asyncio.get_running_loop().time() - started < 2.0
+    assert caught.value.sent is True
+    assert caught.value.message == "provider did not answer within 0.5 s"
+    assert_clean(caught.value)
+
+
+@pytest.mark.parametrize("style", ["images", "chat"])
+async def test_oversized_answers_are_capped(fake: str, provider_for: Any, style: str) -> None:
+    provider = provider_for(fake, style)
+    padded = (await provider.generate(request(style, "[[big:1.5]]"))).data
+    assert padded.startswith(b"\x89PNG")
+    assert len(padded) >= 1.5 * 1024 * 1024
+    provider.max_answer_bytes = 1024 * 1024
+    with pytest.raises(NoImageReturned) as caught:
+        await provider.generate(request(style, "[[big:1.5]]"))
+    assert "MB, over the 1.0 MB cap" in caught.value.message
+
+
+@pytest.mark.parametrize("style", ["images", "chat"])
+async def test_url_answers_are_fetched_and_their_errors_named(
+    fake: str, provider_for: Any, style: str
+) -> None:
+    provider = provider_for(fake, style)
+    data = (await provider.generate(request(style, "[[url:self]]"))).data
+    assert data.startswith(b"\x89PNG")
+    with pytest.raises(NoImageReturned) as caught:
+        await provider.generate(request(style, "[[url:404]]"))
+    assert caught.value.message == "provider image URL answered 404"
+    assert caught.value.status_code == 404
+
+
+@pytest.mark.parametrize("style", ["images", "chat"])
+@pytest.mark.parametrize(
+    ("trigger", "cls", "message"),
+    [
+        (
+            "[[http:502]]",
+            ProviderUnavailable,
+            "provider answered 502: an HTML page '502 Bad Gateway'",
+        ),
+        (
+            "[[http:503:7]]",
+            ProviderBusy,
+            "provider answered 503: an HTML page '503 Service Unavailable' (retry after 7 s)",
+        ),
+        (
+            "[[http:504]]",
+            ProviderTimeout,
+            "provider answered 504: an HTML page '504 Gateway Timeout' "
+            "(a gateway gave up waiting: the request may have been billed)",
+        ),
+    ],
+)
+async def test_gateway_errors_map_by_status(
+    fake: str, provider_for: Any, style: str, trigger: str, cls: type[ProviderError], message: str
+) -> None:
+    with pytest.raises(cls) as caught:
+        await provider_for(fake, style).generate(request(style, trigger))
+    error = caught.value
+    assert error.message == message
+    assert error.status_code == int(trigger[7:10])
+    if isinstance(error, ProviderBusy):
+        assert error.retry_after == 7.0
+    if isinstance(error, ProviderTimeout):
+        assert error.sent is True
+    assert_clean(error)
+
+
+@pytest.mark.parametrize("style", ["images", "chat"])
+@pytest.mark.parametrize(
+    ("shape", "retry_after", "message"),
+    [
+        ("openai", 3.0, "provider answered 429 (rate_limit_exceeded): Rate limit reached"),
+        ("ietf", 3.0, "provider answered 429 (rate_limit_exceeded): Rate limit reached"),
+        ("epoch", 3.0, "provider answered 429 (rate_limit_exceeded): Rate limit reached"),
+        ("bare", None, "provider answered 429: Too Many Requests"),
+    ],
+)
+async def test_429s_of_every_shape_are_rate_limited(
+    fake: str,
+    provider_for: Any,
+    style: str,
+    shape: str,
+    retry_after: float | None,
+    message: str,
+) -> None:
+    with pytest.raises(RateLimited) as caught:
+        await provider_for(fake, style).generate(request(style, f"[[429:{shape}:3]]"))
+    error = caught.value
+    assert error.message.startswith(message)
+    if retry_after is None:
+        assert error.retry_after is None
+    else:
+        assert error.retry_after == pytest.approx(retry_after, abs=1.5)  # epoch: whole seconds
+    assert_clean(error)
+
+
+@pytest.mark.parametrize("ratelimit_style", ["openai", "ietf", "epoch"])
+async def test_rate_headers_of_other_shapes_are_read(
+    fake: str, provider_for: Any, ratelimit_style: str
+) -> None:
+    await configure(fake, rpm=60, ratelimit_style=ratelimit_style)
+    provider = provider_for(fake)
+    rate = (await provider.generate(request("images"))).rate
+    assert rate is not None
+    assert (rate.limit_requests, rate.remaining_requests) == (60, 0)
+    with pytest.raises(RateLimited) as caught:
+        await provider.generate(request("images"))
+    assert caught.value.retry_after == pytest.approx(1.0, abs=1.0)
+
+
+@pytest.fixture(scope="module")
+def other_host_url() -> Iterator[str]:
+    """A second fake on 127.0.0.2: "another host" for redirects."""
+    app = create_fake_provider_app(FakeProviderConfig(latency_ms=0))
+    with BackgroundServer(app, host="127.0.0.2") as server:
+        yield server.url
+
+
+@pytest.mark.parametrize("style", ["images", "chat"])
+async def test_the_sdk_follows_a_307_and_sends_the_body_and_key_again(
+    fake: str, provider_for: Any, style: str
+) -> None:
+    data = (await provider_for(fake, style).generate(request(style, "[[redirect:307]]"))).data
+    assert data.startswith(b"\x89PNG")
+    calls = await fake_calls(fake)
+    assert [call["status"] for call in calls] == [307, 200]
+    assert calls[0]["prompt"] == calls[1]["prompt"] == "[[redirect:307]]"
+    assert calls[0]["key"] == calls[1]["key"] is not None
+
+
+@pytest.mark.parametrize("style", ["images", "chat"])
+async def test_a_302_turns_the_post_into_a_get(fake: str, provider_for: Any, style: str) -> None:
+    with pytest.raises(ProviderBadRequest) as caught:
+        await provider_for(fake, style).generate(request(style, "[[redirect:302]]"))
+    assert caught.value.status_code == 405
+    assert caught.value.message.startswith(
+        f"provider answered 405 after a 302 redirect to 127.0.0.1:{fake.rsplit(':', 1)[1]}"
+        "/redirected/v1/"
+    )
+    assert_clean(caught.value)
+
+
+@pytest.mark.parametrize("style", ["images", "chat"])
+async def test_a_redirect_to_another_host_is_not_an_auth_failure(
+    fake: str, other_host_url: str, provider_for: Any, style: str
+) -> None:
+    host = other_host_url.removeprefix("http://")
+    with pytest.raises(ProviderBadRequest) as caught:
+        await provider_for(fake, style).generate(request(style, f"[[redirect:307:{host}]]"))
+    error = caught.value
+    assert error.status_code == 401
+    assert f"after a 307 redirect to {host}/redirected/v1/" in error.message
+    assert "another host, which the API key is not sent to" in error.message
+    assert_clean(error)
+    other = (await fake_calls(other_host_url))[-1]
+    assert (other["status"], other["key"]) == (401, None)  # the SDK dropped the key
+
+
+async def test_a_redirect_not_followed_is_named(fake: str) -> None:
+    async with httpx.AsyncClient() as client:  # legacy httpx: no redirects by default
+        provider = make_provider(
+            ProviderConfig(f"{fake}/v1", KEY, "gpt-image-1", "images"), http_client=client
+        )
+        with pytest.raises(ProviderBadRequest) as caught:
+            await provider.generate(request("images", "[[redirect:307]]"))
+    assert caught.value.status_code == 307
+    assert caught.value.message == (
+        f"provider redirected (307) to {fake}/redirected/v1/images/edits, not followed"
+    )
+    assert_clean(caught.value)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import httpx
+import httpx2
 import pytest
 
 from imagestudio.errors import (
     AuthFailed,
+    ConnectionDropped,
     ContentRejected,
     ProviderBadRequest,
+    ProviderBusy,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
@@ -18,9 +22,12 @@ from imagestudio.providers.error_map import (
     classify_status,
     error_fields,
     limit_kind,
+    map_provider_error,
     scrub,
     status_error,
+    transport_error,
 )
+from imagestudio.providers.retry_after import parse_rate_info, parse_retry_after
 
 
 @pytest.mark.parametrize(
@@ -39,6 +46,9 @@ from imagestudio.providers.error_map import (
         (422, None, None, "unprocessable", ProviderBadRequest),
         (413, None, None, "too large", ProviderBadRequest),
         (408, None, None, "timeout", ProviderTimeout),
+        (504, None, None, "<html>Gateway Timeout</html>", ProviderTimeout),
+        (502, None, None, "<html>Bad Gateway</html>", ProviderUnavailable),
+        (307, None, None, "", ProviderBadRequest),
         (409, None, None, "conflict", ProviderUnavailable),
         (500, "server_error", None, "oops", ProviderUnavailable),
         (503, None, None, "overloaded", ProviderUnavailable),
@@ -122,3 +132,118 @@ def test_a_429_carries_the_limit_its_message_names() -> None:
     error = status_error(429, body, {})
     assert isinstance(error, RateLimited)
     assert error.limit == "requests"
+
+
+NOW = 2_000_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "cls", "message"),
+    [
+        (
+            {"retry-after": "7"},
+            "<html><head><title>503 Service Unavailable</title></head></html>",
+            ProviderBusy,
+            "provider answered 503: an HTML page '503 Service Unavailable' (retry after 7 s)",
+        ),
+        ({}, "upstream down", ProviderUnavailable, "provider answered 503: upstream down"),
+    ],
+)
+def test_a_5xx_that_says_when_is_busy(
+    headers: dict[str, str], body: str, cls: type[ProviderError], message: str
+) -> None:
+    error = status_error(503, body, headers)
+    assert type(error) is cls
+    assert error.message == message
+    assert error.status_code == 503
+
+
+def test_a_504_may_be_billed() -> None:
+    error = status_error(504, "<html><title>504 Gateway Time-out</title></html>", {})
+    assert isinstance(error, ProviderTimeout)
+    assert error.sent is True
+    assert error.status_code == 504
+    assert "may have been billed" in error.message
+
+
+def test_a_redirect_not_followed_names_its_location() -> None:
+    location = "https://relay.example/v1/images/edits?key=sk-abcdefghijklmnopqrstuvwx"
+    error = status_error(307, "", {"location": location})
+    assert isinstance(error, ProviderBadRequest)
+    assert error.message.startswith("provider redirected (307) to https://relay.example/v1/")
+    assert "sk-abcdefghijklmnopqrstuvwx" not in error.message
+
+
+@pytest.mark.parametrize(
+    ("exc", "cls", "sent", "message"),
+    [
+        (httpx2.ConnectTimeout("t"), ProviderTimeout, False, "could not connect to the provider"),
+        (httpx.PoolTimeout("t"), ProviderTimeout, False, "could not connect to the provider"),
+        (httpx2.WriteTimeout("t"), ProviderTimeout, False, "could not send the request to the"),
+        (httpx2.ReadTimeout("t"), ProviderTimeout, True, "provider did not answer within 180 s"),
+        (httpx.ReadTimeout("t"), ProviderTimeout, True, "provider did not answer within 180 s"),
+        (httpx2.RemoteProtocolError("peer closed"), ConnectionDropped, True, "connection dropped"),
+        (httpx2.ReadError("reset by peer"), ConnectionDropped, True, "connection dropped"),
+        (httpx.RemoteProtocolError("peer closed"), ConnectionDropped, True, "connection dropped"),
+        (httpx2.ConnectError("refused"), ProviderUnavailable, None, "cannot reach provider"),
+        (httpx2.WriteError("broken pipe"), ProviderUnavailable, None, "cannot reach provider"),
+    ],
+)
+def test_transport_errors_say_whether_the_request_was_sent(
+    exc: Exception, cls: type[ProviderError], sent: bool | None, message: str
+) -> None:
+    error = transport_error(exc, [], "180 s")
+    assert type(error) is cls
+    assert error.message.startswith(message)
+    if sent is not None:
+        assert isinstance(error, ProviderTimeout)
+        assert error.sent is sent
+    if cls is ConnectionDropped:
+        assert "(it may have been billed)" in error.message
+
+
+def test_a_timeout_names_its_limit() -> None:
+    error = map_provider_error(httpx2.ReadTimeout("t"), timeout=180.0)
+    assert error.message == "provider did not answer within 180 s"
+    deadline = map_provider_error(TimeoutError(), timeout=0.5)
+    assert deadline.message == "provider did not answer within 0.5 s"
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({"ratelimit-remaining": "0", "ratelimit-reset": "12"}, 12.0),
+        ({"ratelimit-remaining": "3", "ratelimit-reset": "12"}, None),  # not exhausted
+        ({"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(NOW) + 30)}, 30.0),
+        ({"x-ratelimit-remaining": "0", "x-ratelimit-reset": "5"}, 5.0),
+        ({"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(NOW) - 30)}, 0.0),
+        ({"retry-after": "2", "ratelimit-remaining": "0", "ratelimit-reset": "12"}, 2.0),
+        ({}, None),
+    ],
+)
+def test_other_rate_header_shapes_give_the_wait(
+    headers: dict[str, str], wait: float | None
+) -> None:
+    assert parse_retry_after(headers, now=NOW) == wait
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (
+            {"ratelimit-limit": "60", "ratelimit-remaining": "0", "ratelimit-reset": "2"},
+            (60, 0, 2.0),
+        ),
+        ({"x-ratelimit-limit": "100", "x-ratelimit-remaining": "7"}, (100, 7, None)),
+        (
+            {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "499"},
+            (500, 499, None),
+        ),
+    ],
+)
+def test_rate_info_reads_other_shapes(
+    headers: dict[str, str], expected: tuple[int, int, float | None]
+) -> None:
+    rate = parse_rate_info(headers)
+    assert rate is not None
+    assert (rate.limit_requests, rate.remaining_requests, rate.reset_requests) == expected

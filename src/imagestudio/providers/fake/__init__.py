@@ -13,6 +13,10 @@ serves one (``imagestudio fake-provider``; docs/fake-provider.md):
   ``rpm_burst``, by default one second's worth) answer 429 ``rate_limit_exceeded`` with
   ``retry-after``, ``retry-after-ms`` and ``x-ratelimit-*`` headers. ``error_rate`` of the
   admitted requests answer 500 ``server_error`` after their latency.
+- Wire faults (``wire.py``): prompt triggers ``[[json:...]]``, ``[[drop:...]]``,
+  ``[[redirect:...]]``, ``[[url:...]]``, ``[[drip:N:T]]``, ``[[big:N]]``, ``[[http:CODE]]``,
+  ``[[429:STYLE]]`` (or the ``fault`` knob for every call); ``ratelimit_style`` reshapes the
+  rate-limit headers (``openai``, ``ietf``, ``epoch``, ``bare``).
 - ``GET /_fake/stats``, ``POST /_fake/reset``, ``POST /_fake/config`` for tests and benchmarks;
   ``GET /samples/{n}.jpg`` serves generated source photos; ``GET /files/{id}.png`` serves the
   images of ``response_format=url`` answers (dall-e models only).
@@ -23,6 +27,8 @@ The modules, in the order a call meets them::
     app.py       the Starlette app and its routes (create_fake_provider_app)
     protocol.py  OpenAI's wire format: requests parsed or refused, answers shaped
     faults.py    key and prompt triggers, drawn latency, the error rate (pure decisions)
+    wire.py      wire faults: malformed 200s, dropped connections, redirects, URL answers,
+                 drip-fed and oversized bodies, gateway 5xx, 429s in other shapes
     limits.py    concurrency and rpm (GCRA) limits, the 429s and x-ratelimit-* headers
     images.py    edits and generations drawn with Pillow; samples.py the source photos
     state.py     FakeState: counters, call log, files, the limits and random sequence
