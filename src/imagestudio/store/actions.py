@@ -1,7 +1,7 @@
 """What a user does to a job after submitting it: cancel it, retry its failed images (bringing
 the API key again, maybe a new one). Each locks the job row first (PostgreSQL), rolls the job
 up and appends a ``job`` event, in one transaction; the images they move shift the job's
-counts (``store.counts``) in it.
+counts (``store.counts``) in the roll-up's one UPDATE of the job row.
 
 Functions take a connection; the ``Store`` facade chooses the engine and the transaction.
 """
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imagestudio.domain import TERMINAL_JOB_STATUSES, ImageStatus
 from imagestudio.errors import ApiKeyRequired
-from imagestudio.store import counts, governors, jobs, outbox
+from imagestudio.store import governors, jobs, outbox
 from imagestudio.store.tables import ai_job, ai_job_attempt, ai_job_image, ai_job_secret
 
 QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
@@ -31,7 +31,6 @@ async def cancel(conn: AsyncConnection, job_pk: str, now: datetime) -> str:
     status = await conn.scalar(select(ai_job.c.status).where(ai_job.c.id == job_pk))
     if status in TERMINAL_JOB_STATUSES:
         return str(status)
-    await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(cancel_requested=True))
     moved: dict[str, int] = {}
     for before in (QUEUED, RUNNING):  # one statement each: its row count is that status's move
         result = await conn.execute(
@@ -49,13 +48,12 @@ async def cancel(conn: AsyncConnection, job_pk: str, now: datetime) -> str:
         )
         moved[before] = -result.rowcount
         moved[CANCELLED] = moved.get(CANCELLED, 0) + result.rowcount
-    await counts.shift(conn, {job_pk: moved})
     await conn.execute(
         update(att)
         .where(att.c.job_pk == job_pk, att.c.ended_at.is_(None))
         .values(ended_at=now, outcome="cancelled")
     )
-    status = await jobs.rollup(conn, job_pk, now)
+    status = await jobs.rollup(conn, job_pk, now, moved, cancel_requested=True)
     await outbox.append(conn, now, [(job_pk, "job", {"status": status, "action": "cancel"})])
     return status
 
@@ -99,11 +97,8 @@ async def retry_failed(
         )
     )
     requeued = int(result.rowcount)
-    await counts.shift(conn, {job_pk: {FAILED: -requeued, QUEUED: requeued}})
-    await conn.execute(
-        update(ai_job).where(ai_job.c.id == job_pk).values(cancel_requested=False, error=None)
-    )
-    status = await jobs.rollup(conn, job_pk, now)
+    moved = {FAILED: -requeued, QUEUED: requeued}
+    status = await jobs.rollup(conn, job_pk, now, moved, cancel_requested=False, error=None)
     data = {"status": status, "action": "retry", "requeued": requeued}
     await outbox.append(conn, now, [(job_pk, "job", data)])
     return requeued
@@ -128,7 +123,8 @@ async def _rekey(
                 "the job's API key was erased when it ended; send it again as api_key"
             )
         return
-    job = (await conn.execute(select(ai_job).where(ai_job.c.id == job_pk))).one()
+    query = select(ai_job.c.api_base, ai_job.c.model).where(ai_job.c.id == job_pk)
+    job = (await conn.execute(query)).one()
     key = governors.provider_key(job.api_base, new_key, job.model)
     await conn.execute(ai_job_secret.delete().where(ai_job_secret.c.job_pk == job_pk))
     await conn.execute(ai_job_secret.insert().values(job_pk=job_pk, api_key_enc=sealed_key))

@@ -12,7 +12,7 @@ Functions take a connection; the ``Store`` facade chooses the engine and the tra
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -272,38 +272,60 @@ def urls_due(total: int, refreshed_at: datetime | None, now: datetime, *, ended:
     return (now - refreshed_at).total_seconds() >= URLS_REFRESH_SECONDS
 
 
-async def rollup(conn: AsyncConnection, job_pk: str, now: datetime) -> str:
-    """Recompute the job's status from the counts on its row (shifted by the change that
-    calls this, in its transaction), rebuild its ordered result URLs when ``urls_due``, touch
-    ``updated_at``; a job that ends has its sealed key erased. Returns the new status."""
-    job = (
-        await conn.execute(
-            select(
-                *(getattr(ai_job.c, column) for column in counts.COLUMNS.values()),
-                ai_job.c.cancel_requested,
-                ai_job.c.status,
-                ai_job.c.total,
-                ai_job.c.urls_refreshed_at,
-            ).where(ai_job.c.id == job_pk)
-        )
-    ).one()
+async def rollup(
+    conn: AsyncConnection,
+    job_pk: str,
+    now: datetime,
+    moved: Mapping[str, int] | None = None,
+    **changes: Any,
+) -> str:
+    """Roll the job up after a change to its images, in one UPDATE of its row.
+
+    ``moved`` (status -> change) is what the caller's statements did to the job's images: it
+    shifts the counts (``store.counts``) in the same UPDATE, and the status comes from the
+    counts after it (``policy.rollup``). ``changes`` are other columns to set with it
+    (``cancel_requested``, ``error``). The ordered result URLs are rebuilt when ``urls_due``.
+    A job that ends has its sealed key erased. Returns the new status.
+
+    One UPDATE, not one per concern: on SQLite every UPDATE of a row rewrites the whole row,
+    and a big job's row carries its whole payload (``config``).
+    """
+    job = (await conn.execute(_rollup_row(job_pk))).one()
+    moved = {status: delta for status, delta in (moved or {}).items() if delta}
+    after = {
+        status: int(job._mapping[column]) + moved.get(status, 0)
+        for status, column in counts.COLUMNS.items()
+    }
     status = rollup_status(
-        {status: int(job._mapping[column]) for status, column in counts.COLUMNS.items()},
-        cancel_requested=bool(job.cancel_requested),
+        after,
+        cancel_requested=bool(changes.get("cancel_requested", job.cancel_requested)),
         started=job.status != JobStatus.QUEUED.value,
     )
     ended = status in TERMINAL_JOB_STATUSES
-    values: dict[str, Any] = {
+    values: dict[str, Any] = changes | {
         "status": status.value,
         "updated_at": now,
         "finished_at": now if ended else None,
     }
+    for image_status, delta in moved.items():
+        column = counts.COLUMNS[image_status]
+        values[column] = getattr(ai_job.c, column) + delta
     if urls_due(job.total, job.urls_refreshed_at, now, ended=ended):
         values |= {"result_image_urls": await _result_urls(conn, job_pk), "urls_refreshed_at": now}
     await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(**values))
     if ended:  # the key is erased when the job ends
         await conn.execute(ai_job_secret.delete().where(ai_job_secret.c.job_pk == job_pk))
     return status.value
+
+
+def _rollup_row(job_pk: str) -> Any:
+    return select(
+        *(getattr(ai_job.c, column) for column in counts.COLUMNS.values()),
+        ai_job.c.cancel_requested,
+        ai_job.c.status,
+        ai_job.c.total,
+        ai_job.c.urls_refreshed_at,
+    ).where(ai_job.c.id == job_pk)
 
 
 async def _result_urls(conn: AsyncConnection, job_pk: str) -> list[str]:

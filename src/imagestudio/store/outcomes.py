@@ -1,7 +1,8 @@
 """What an attempt ends with: its provider call's end (the governor learns from it) and its
 outcome (succeeded, requeued, failed), written only while the attempt still holds its task.
 
-Every status change shifts the job's counts (``store.counts``) in the same transaction.
+Every status change shifts the job's counts (``store.counts``) in the same transaction, in
+the roll-up's one UPDATE of the job row (``jobs.rollup(..., moved)``).
 
 Fencing: every write names the attempt by ``(image id, fence)``; a claim bumps the fence, so
 an attempt whose task was taken over writes nothing. ``finish`` locks the job row first
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from imagestudio.domain import ImageStatus
 from imagestudio.errors import LeaseLost
 from imagestudio.policy.governor import GovernorParams, GovernorState, Observation, observe
-from imagestudio.store import counts, governors, jobs, outbox
+from imagestudio.store import governors, jobs, outbox
 from imagestudio.store.records import ClaimedTask, Failed, Outcome, Requeue, Succeeded
 from imagestudio.store.tables import ai_job, ai_job_attempt, ai_job_image
 
@@ -101,18 +102,19 @@ async def finish(
         .where(ai_job_attempt.c.image_id == task.image_id, ai_job_attempt.c.fence == task.fence)
         .values(**_attempt_values(outcome, now))
     )
+    changes: dict[str, Any] = {}
     if isinstance(outcome, Failed) and outcome.fail_job:
         stopped = await _fail_queued(conn, task.job_pk, outcome, now)
         moved = {RUNNING: -1, QUEUED: -stopped, FAILED: 1 + stopped}
-    await counts.shift(conn, {task.job_pk: moved})
-    status = await jobs.rollup(conn, task.job_pk, now)
+        changes["error"] = outcome.error
+    status = await jobs.rollup(conn, task.job_pk, now, moved, **changes)
     await outbox.append(conn, now, [(task.job_pk, "image", _event_data(task, outcome, status))])
     return status
 
 
 async def _fail_queued(conn: AsyncConnection, job_pk: str, outcome: Failed, now: datetime) -> int:
     """The job stops (a bad key, no quota): its queued images fail with the same reason;
-    returns how many."""
+    returns how many (the roll-up moves them in the counts and records the reason)."""
     result = await conn.execute(
         update(ai_job_image)
         .where(ai_job_image.c.job_pk == job_pk, ai_job_image.c.status == QUEUED)
@@ -124,7 +126,6 @@ async def _fail_queued(conn: AsyncConnection, job_pk: str, outcome: Failed, now:
             updated_at=now,
         )
     )
-    await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(error=outcome.error))
     return int(result.rowcount)
 
 
