@@ -8,17 +8,22 @@ Tasks are named ``<job>.<position>``.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence, Set
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence, Set
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagestudio.domain import ImageStatus
 from imagestudio.jobs.intake import IntakeLimits, build_job_spec, parse_payload
 from imagestudio.policy import fairness
+from imagestudio.policy.fairness import scan
 from imagestudio.policy.governor import GovernorParams, Observation
 from imagestudio.store.db import create_engine, migrate_async
 from imagestudio.store.records import ClaimedTask, Failed, Outcome, Requeue, Succeeded
@@ -428,3 +433,56 @@ async def test_the_claim_picks_what_the_reference_says(engine: AsyncEngine, seed
             await random_case(engine, rng, case)
         except AssertionError as exc:
             raise AssertionError(f"seed {seed}, case {case}: {exc}") from exc
+
+
+# -- the claim's cost ------------------------------------------------------------------
+
+
+def _plan_rows(node: dict[str, object], alias: str) -> int:
+    """Rows the plan's scans of ``alias`` returned, over all their loops."""
+    own = 0
+    if node.get("Alias") == alias:
+        own = int(node["Actual Rows"]) * int(node["Actual Loops"])  # type: ignore[call-overload]
+    children = node.get("Plans", [])
+    assert isinstance(children, list)
+    return own + sum(_plan_rows(child, alias) for child in children)
+
+
+@contextlib.contextmanager
+def heads_statements(engine: AsyncEngine) -> Iterator[list[tuple[str, Any]]]:
+    """The heads statements the claim sends, as the driver got them (SQL, parameters)."""
+    sent: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        if "heads" in sql or "arm_0" in sql:
+            sent.append((sql, params))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", seen)
+
+
+async def test_the_heads_read_is_bounded_by_the_heads_asked_for(engine: AsyncEngine) -> None:
+    """However deep the queue, the heads read takes the first rows of each job through the
+    ``(job_pk, status, position)`` index (PostgreSQL: rows counted by EXPLAIN ANALYZE)."""
+    q = Queue(engine)
+    await q.submit("A", "alice", (2000,))
+    await q.submit("B", "bob", (400, 400), serial=True)
+    with heads_statements(engine) as sent:
+        assert await q.claim(3) == ["A.0", "B.0", "A.1"]
+    ((sql, params),) = sent
+    index = "ix_ai_job_image_job_pk_status_position"
+    async with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            found = await conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params)
+            plan = found.scalar_one()
+            plan = plan if isinstance(plan, list) else json.loads(plan)
+            # A: its heads; B: its two SKUs' first images, stepping over SKU 1's other 399
+            rows = _plan_rows(plan[0]["Plan"], "ai_job_image")
+            assert scan(3) <= rows <= 2 * scan(3) + 400, rows
+            assert index in json.dumps(plan)
+        else:
+            plan = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)).all()
+            assert f"USING INDEX {index}" in " ".join(str(r) for r in plan)

@@ -210,7 +210,7 @@ def _ranked(view: View, first: int) -> list[_Ranked]:
         for rank, head in enumerate(heads if room is None else heads[:room], 1):
             turn = job_running[job.id] + rank
             by_user[job.user].append(_Ranked(head, job, rank, turn))
-    ranked = []
+    ranked: list[_Ranked] = []
     for user, rows in by_user.items():
         rows.sort(key=lambda r: (r.job_turn, r.job.created_at, r.head.position))
         served = view.served.get(user)

@@ -1,191 +1,188 @@
-"""The claim query: which queued image tasks may start now, in what order. SQL only, no I/O.
+"""The claim's reads: SQL only, no I/O. Each is bounded by the active jobs, the running tasks
+or the heads asked for, never by the number of queued tasks (rendered in docs/claim-sql.md).
 
-Admission (may it start?):
-- the task is ``queued`` and due (``run_after <= now``), and its job is not being cancelled;
-- the job's ``max_concurrency`` is not reached: running + rank within the job <= cap;
-- for ``sku_serial`` jobs, no earlier image of the same SKU is still queued or running.
+- ``active_jobs``: the unfinished jobs (``status`` queued or running, index ``(status,
+  created_at)``), with what fairness needs of them and their ``last_started_at``;
+- ``running_tasks``: every running task with its job's user and key and whether its provider
+  call is on (index ``(status, run_after)``; as many rows as the windows let run);
+- ``heads_lateral`` (PostgreSQL) and ``heads_union`` (SQLite): per job, its first ``n`` due
+  queued tasks by position (index ``(job_pk, status, position)``), each asked-for job with
+  its own ``n`` (``policy.fairness.head_limits``);
+- ``key_counts``, ``running_of_jobs``: the same counts again for a few keys and jobs, read
+  under the keys' governor locks (``store.queue``);
+- ``next_due``: the earliest ``run_after`` still to come (index ``(status, run_after)``).
 
-Order (fairness): a round robin across users, then across each user's jobs. Every candidate
-gets a *turn*: for its user, ``running tasks of the user + its rank among the user's
-candidates``; the user's candidates are ranked by their job's turn (``running tasks of the
-job + rank within the job``). Lowest turn first. So a user with nothing running is served
-before a user who holds every slot, and within a user, jobs take turns. This is deficit round
-robin with a quantum of one task, computed in one query (window functions, SQLite >= 3.25 and
-PostgreSQL alike).
-
-The statement is built once per initial window and cached (``claim_candidates``); ``now`` and
-the row limit are bound at execution (``claim_params``). Building it takes longer than running
-it, so it must not be rebuilt for every claim.
-
-Callers serialize claims (PostgreSQL: a transaction-level advisory lock; SQLite: ``BEGIN
-IMMEDIATE``), so no other claim can raise the counts the query reads while it runs (a
-concurrent finish or cancel can only lower them), and the limits are global across every
-worker process and machine.
-
-Known limits of this order (pinned by ``tests/integration/test_claim_order.py`` against the
-pure reference ``policy.fairness``):
-- a task held back by its key (full window, cooldown) still uses one of its user's turns, so a
-  user with work waiting on a full key gets fewer starts on another key than round robin says;
-- "served" looks at the user's unfinished jobs only: a user whose jobs all ended counts as
-  never served and wins ties;
-- the statement reads ``limit * 3 + 8`` rows before pacing: behind that many candidates of a
-  paced key, a task of a free key waits for the next claim;
-- two jobs created at the same instant have no tie-break, so their order may differ between
-  SQLite and PostgreSQL.
+*Heads of a ``sku_serial`` job*: a task is one only if no earlier image of its SKU is queued
+or running. Intake lays a job's images out SKU by SKU (``sku_index`` is the index within the
+SKU), so the earlier images of the SKU are positions ``[position - sku_index, position)``:
+one probe of the ``(job_pk, status, position)`` index per task looked at. The walk still
+steps over the tasks of a SKU whose earlier image is busy, so a serial job costs
+O(heads x images per SKU) at worst, and any job O(heads + its not-yet-due queued tasks
+before them).
 """
 
 from __future__ import annotations
 
 import functools
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, Integer, bindparam, case, exists, false, func, or_, select
+from sqlalchemy import (
+    ARRAY,
+    Boolean,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    union_all,
+)
 
 from imagestudio.domain import ImageStatus, JobStatus
-from imagestudio.store.tables import ai_job, ai_job_image, provider_governor
+from imagestudio.store.tables import ai_job, ai_job_image
 
 QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
-CLAIM_LOCK_KEY = 7_320_114_901  # pg_advisory_xact_lock key for claims
-
-
-def claim_params(now: datetime, limit: int) -> dict[str, Any]:
-    """The values ``claim_candidates``' statement is executed with."""
-    return {"now": now, "now_ts": now.timestamp(), "limit": limit}
+UNFINISHED = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+UNION_ARMS = (1, 4, 16, 64)  # SQLite: statements cached by arm count; unused arms ask for 0
 
 
 @functools.cache
-def claim_candidates(initial_window: float = 4.0) -> Any:
-    """``SELECT id, provider_key ... ORDER BY turn LIMIT :limit``: the tasks to start at
-    ``:now``, fairest first, within each provider key's window W and outside its cooldown."""
+def active_jobs() -> Any:
+    job = ai_job
+    return select(
+        job.c.id,
+        job.c.user_id,
+        job.c.created_at,
+        job.c.provider_key,
+        job.c.max_concurrency,
+        job.c.sku_serial,
+        job.c.cancel_requested,
+        job.c.last_started_at,
+    ).where(job.c.status.in_(UNFINISHED))
+
+
+@functools.cache
+def running_tasks() -> Any:
     img, job = ai_job_image, ai_job
-    now = bindparam("now", type_=img.c.run_after.type)
-    running = ai_job_image.alias("running")
-    job_running = (
-        select(running.c.job_pk, func.count().label("n"))
-        .where(running.c.status == RUNNING)
-        .group_by(running.c.job_pk)
-        .subquery("job_running")
-    )
-    running_job = ai_job.alias("running_job")
-    user_running = (
-        select(running_job.c.user_id, func.count().label("n"))
-        .select_from(running.join(running_job, running_job.c.id == running.c.job_pk))
-        .where(running.c.status == RUNNING)
-        .group_by(running_job.c.user_id)
-        .subquery("user_running")
-    )
-    served_job = ai_job.alias("served_job")
-    user_served = (  # when each user of an unfinished job last had a task started
-        select(served_job.c.user_id, func.max(running.c.started_at).label("last"))
-        .select_from(running.join(served_job, served_job.c.id == running.c.job_pk))
-        .where(served_job.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
-        .group_by(served_job.c.user_id)
-        .subquery("user_served")
-    )
-    earlier = ai_job_image.alias("earlier")
-    sku_blocked = exists().where(
-        earlier.c.job_pk == img.c.job_pk,
-        earlier.c.sku == img.c.sku,
-        earlier.c.position < img.c.position,
-        earlier.c.status.in_([QUEUED, RUNNING]),
-    )
-    jr = func.coalesce(job_running.c.n, 0)
-    base = (
+    return (
         select(
-            img.c.id,
-            img.c.position,
+            img.c.job_pk,
             job.c.user_id,
-            job.c.created_at,
-            job.c.max_concurrency,
             job.c.provider_key,
-            jr.label("jr"),
-            func.coalesce(user_running.c.n, 0).label("ur"),
-            user_served.c.last.label("served"),
-            (jr + func.row_number().over(partition_by=img.c.job_pk, order_by=img.c.position)).label(
-                "job_turn"
-            ),
+            img.c.call_ended_at.is_(None).label("in_call"),
         )
-        .select_from(
-            img.join(job, job.c.id == img.c.job_pk)
-            .outerjoin(job_running, job_running.c.job_pk == img.c.job_pk)
-            .outerjoin(user_running, user_running.c.user_id == job.c.user_id)
-            .outerjoin(user_served, user_served.c.user_id == job.c.user_id)
-        )
-        .where(
-            img.c.status == QUEUED,
-            img.c.run_after <= now,
-            job.c.cancel_requested == false(),
-            or_(job.c.sku_serial == false(), ~sku_blocked),
-        )
-        .subquery("base")
+        .select_from(img.join(job, job.c.id == img.c.job_pk))
+        .where(img.c.status == RUNNING)
     )
-    user_turn = base.c.ur + func.row_number().over(
-        partition_by=base.c.user_id,
-        order_by=(base.c.job_turn, base.c.created_at, base.c.position),
-    )
-    ranked = (
-        select(
-            base.c.id,
-            base.c.provider_key,
-            user_turn.label("user_turn"),
-            base.c.served,
-            base.c.job_turn,
-            base.c.created_at,
-            base.c.position,
-        )
-        .where(or_(base.c.max_concurrency.is_(None), base.c.job_turn <= base.c.max_concurrency))
-        .subquery("ranked")
-    )
-    return _within_windows(ranked, initial_window)
 
 
-def fair_order(t: Any) -> tuple[Any, ...]:
-    """Lowest turn first; among equal turns the user served longest ago (or never) first,
-    so with more waiting users than free slots the slots rotate instead of going back to
-    whoever was served first."""
+def _sku_free(img: Any, serial: Any) -> Any:
+    """Not serial, or no earlier image of the task's SKU queued or running."""
+    earlier = ai_job_image.alias("earlier")
+    busy = exists().where(
+        earlier.c.job_pk == img.c.job_pk,
+        earlier.c.status.in_([QUEUED, RUNNING]),
+        earlier.c.position >= img.c.position - img.c.sku_index,
+        earlier.c.position < img.c.position,
+        earlier.c.sku == img.c.sku,
+    )
+    return or_(not_(serial), not_(busy))
+
+
+def _due(img: Any) -> Any:
+    return and_(
+        img.c.status == QUEUED, img.c.run_after <= bindparam("now", type_=img.c.run_after.type)
+    )
+
+
+@functools.cache
+def heads_lateral() -> Any:
+    """PostgreSQL: every asked-for job's heads in one statement (a LATERAL join over arrays
+    ``:job_pks``, ``:ns``, ``:serials``)."""
+    want = (
+        func.unnest(
+            bindparam("job_pks", type_=ARRAY(String)),
+            bindparam("ns", type_=ARRAY(Integer)),
+            bindparam("serials", type_=ARRAY(Boolean)),
+        )
+        .table_valued("job_pk", "n", "serial")
+        .render_derived(name="want")
+    )
+    img = ai_job_image
+    heads = (
+        select(img.c.id, img.c.position)
+        .where(img.c.job_pk == want.c.job_pk, _due(img), _sku_free(img, want.c.serial))
+        .order_by(img.c.position)
+        .limit(want.c.n)
+        .lateral("heads")
+    )
+    return select(want.c.job_pk, heads.c.id, heads.c.position).select_from(
+        want.join(heads, literal(True))
+    )
+
+
+@functools.cache
+def heads_union(arms: int) -> Any:
+    """SQLite: ``arms`` jobs' heads in one statement (``:job_pk_i``, ``:n_i``, ``:serial_i``)."""
+    parts = []
+    for i in range(arms):
+        img = ai_job_image.alias(f"img_{i}")
+        job_pk = bindparam(f"job_pk_{i}", type_=String)
+        arm = (
+            select(img.c.job_pk, img.c.id, img.c.position)
+            .where(
+                img.c.job_pk == job_pk,
+                _due(img),
+                _sku_free(img, bindparam(f"serial_{i}", type_=Boolean)),
+            )
+            .order_by(img.c.position)
+            .limit(bindparam(f"n_{i}", type_=Integer))
+            .subquery(f"arm_{i}")
+        )
+        parts.append(select(arm))
+    return union_all(*parts)
+
+
+def union_params(wants: list[tuple[str, int, bool]], arms: int) -> dict[str, Any]:
+    padded = wants + [("", 0, False)] * (arms - len(wants))
+    params: dict[str, Any] = {}
+    for i, (job_pk, n, serial) in enumerate(padded):
+        params |= {f"job_pk_{i}": job_pk, f"n_{i}": n, f"serial_{i}": serial}
+    return params
+
+
+@functools.cache
+def key_counts() -> Any:
+    """Per key of ``:keys``: its running tasks, and those whose provider call has not ended
+    (each holds a slot of the key's window)."""
+    img, job = ai_job_image, ai_job
+    in_call = func.sum(case((img.c.call_ended_at.is_(None), 1), else_=0))
     return (
-        t.c.user_turn,
-        t.c.served.asc().nulls_first(),
-        t.c.job_turn,
-        t.c.created_at,
-        t.c.position,
+        select(job.c.provider_key, func.count().label("n"), in_call.label("in_call"))
+        .select_from(img.join(job, job.c.id == img.c.job_pk))
+        .where(img.c.status == RUNNING, job.c.provider_key.in_(bindparam("keys", expanding=True)))
+        .group_by(job.c.provider_key)
     )
 
 
-def _within_windows(ranked: Any, initial_window: float) -> Any:
-    """Keep the candidates that fit their provider key's window and are out of cooldown."""
-    running, running_job = ai_job_image.alias("k_running"), ai_job.alias("k_job")
-    key_running = (  # a task holds its key's slot until its provider call ends
-        select(running_job.c.provider_key, func.count().label("n"))
-        .select_from(running.join(running_job, running_job.c.id == running.c.job_pk))
-        .where(running.c.status == RUNNING, running.c.call_ended_at.is_(None))
-        .group_by(running_job.c.provider_key)
-        .subquery("key_running")
-    )
-    gov = provider_governor
-    order = fair_order(ranked)
-    key_turn = func.coalesce(key_running.c.n, 0) + func.row_number().over(
-        partition_by=ranked.c.provider_key, order_by=order
-    )
-    # The learned window, never above an operator's pin (GovernorState.effective_window).
-    pinned_lower = gov.c.pinned_window < gov.c.window
-    window = func.coalesce(
-        case((pinned_lower, gov.c.pinned_window), else_=gov.c.window), initial_window
-    )
-    keyed = (
-        select(ranked, key_turn.label("key_turn"), window.label("key_window"))
-        .select_from(
-            ranked.outerjoin(
-                key_running, key_running.c.provider_key == ranked.c.provider_key
-            ).outerjoin(gov, gov.c.key == ranked.c.provider_key)
-        )
-        .where(func.coalesce(gov.c.cooldown_until, 0.0) <= bindparam("now_ts", type_=Float))
-        .subquery("keyed")
-    )
+@functools.cache
+def running_of_jobs() -> Any:
+    """Per job of ``:job_pks``, its running tasks."""
+    img = ai_job_image
     return (
-        select(keyed.c.id, keyed.c.provider_key)
-        .where(keyed.c.key_turn <= keyed.c.key_window)
-        .order_by(*fair_order(keyed))
-        .limit(bindparam("limit", type_=Integer))
+        select(img.c.job_pk, func.count())
+        .where(img.c.status == RUNNING, img.c.job_pk.in_(bindparam("job_pks", expanding=True)))
+        .group_by(img.c.job_pk)
     )
+
+
+@functools.cache
+def next_due() -> Any:
+    img = ai_job_image
+    later = img.c.run_after > bindparam("now", type_=img.c.run_after.type)
+    return select(func.min(img.c.run_after)).where(img.c.status == QUEUED, later)

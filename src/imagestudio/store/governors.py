@@ -74,13 +74,21 @@ async def ensure(
 
 
 async def load(
-    conn: AsyncConnection, keys: Iterable[str], *, lock: bool
+    conn: AsyncConnection, keys: Iterable[str], *, lock: bool, skip_locked: bool = False
 ) -> dict[str, GovernorState]:
-    """The states of ``keys``; ``lock`` holds their rows until commit (PostgreSQL)."""
-    query = select(provider_governor).where(provider_governor.c.key.in_(sorted(set(keys))))
+    """The states of ``keys``; ``lock`` holds their rows until commit, in key order
+    (PostgreSQL); with ``skip_locked`` a row another transaction holds is left out."""
+    gov = provider_governor
+    query = select(gov).where(gov.c.key.in_(sorted(set(keys)))).order_by(gov.c.key)
     if lock and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
+        query = query.with_for_update(skip_locked=skip_locked)
     return {row.key: to_state(row) for row in (await conn.execute(query)).all()}
+
+
+async def existing(conn: AsyncConnection, keys: Iterable[str]) -> set[str]:
+    """Which of ``keys`` have a governor row."""
+    query = select(provider_governor.c.key).where(provider_governor.c.key.in_(sorted(set(keys))))
+    return {str(key) for key in (await conn.scalars(query)).all()}
 
 
 async def save(conn: AsyncConnection, key: str, state: GovernorState, now: datetime) -> None:
