@@ -219,8 +219,7 @@ async def lease(
         )
     )
     rows = list((await conn.execute(stmt.returning(img))).all())
-    await _started(conn, {r.job_pk for r in rows}, now)
-    await counts.shift(conn, counts.moves((r.job_pk, QUEUED, RUNNING) for r in rows))
+    await _started(conn, Counter(str(r.job_pk) for r in rows), now)
     return rows
 
 
@@ -233,21 +232,27 @@ async def lock_jobs(conn: AsyncConnection, job_pks: Iterable[str]) -> None:
         await conn.execute(query.with_for_update(key_share=True))
 
 
-async def _started(conn: AsyncConnection, job_pks: set[str], now: datetime) -> None:
-    if not job_pks:
-        return
+async def _started(conn: AsyncConnection, leased: Counter[str], now: datetime) -> None:
+    """One UPDATE per job (SQLite rewrites the whole row, config and all, on each): its
+    counts (queued -> running), its last start, ``running`` if it was ``queued``."""
     job = ai_job
     later = case(
         (job.c.last_started_at.is_(None) | (job.c.last_started_at < now), now),
         else_=job.c.last_started_at,
     )
     queued = job.c.status == JobStatus.QUEUED.value
-    await conn.execute(
-        update(job)
-        .where(job.c.id.in_(sorted(job_pks)))
-        .values(
-            status=case((queued, JobStatus.RUNNING.value), else_=job.c.status),
-            last_started_at=later,
-            updated_at=case((queued, now), else_=job.c.updated_at),
+    n_queued, n_running = counts.COLUMNS[QUEUED], counts.COLUMNS[RUNNING]
+    for job_pk in sorted(leased):
+        await conn.execute(
+            update(job)
+            .where(job.c.id == job_pk)
+            .values(
+                {
+                    n_queued: job.c[n_queued] - leased[job_pk],
+                    n_running: job.c[n_running] + leased[job_pk],
+                    "status": case((queued, JobStatus.RUNNING.value), else_=job.c.status),
+                    "last_started_at": later,
+                    "updated_at": case((queued, now), else_=job.c.updated_at),
+                }
+            )
         )
-    )
