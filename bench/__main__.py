@@ -6,6 +6,8 @@ Suites, in order (``--only`` / ``--skip`` pick them):
   PostgreSQL side by side (``bench/overhead.py``);
 - ``demo``: the wall time of ``imagestudio demo`` (``bench/demo_time.py``);
   both written to ``bench/out/overhead.md``;
+- ``imaging``: post-processing, Pillow strategies against pyvips, threads against the process
+  pool, the service with each (``bench/imaging.py``, ``bench/out/imaging.md``);
 - ``governor``: the provider governor against the seed's schemes (``bench/governor.py``,
   ``bench/out/governor.md``);
 - ``chaos``: workers killed and PostgreSQL restarted mid-run (``bench/chaos.py``,
@@ -33,7 +35,7 @@ from bench import demo_time, overhead
 from imagestudio.observability.logs import configure_logging
 
 OUT = Path(__file__).resolve().parent / "out" / "overhead.md"
-SUITES = ("overhead", "demo", "governor", "chaos", "scale")
+SUITES = ("overhead", "demo", "imaging", "governor", "chaos", "scale")
 
 
 def _suites(text: str) -> list[str]:
@@ -113,7 +115,7 @@ def main() -> int:
         except Exception:
             traceback.print_exc()
             failed.append("overhead/demo")
-    for name in ("governor", "chaos", "scale"):
+    for name in ("imaging", "governor", "chaos", "scale"):
         if name not in chosen:
             continue
         print(f"\n== {name}", flush=True)

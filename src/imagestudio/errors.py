@@ -35,18 +35,32 @@ nothing above a provider adapter looks at an ``openai`` or ``httpx`` exception t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from imagestudio.domain import LimitKind, RateInfo
 
 
+def _rebuild(cls: type[ImageStudioError], args: tuple[Any, ...]) -> ImageStudioError:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
+
+
 class ImageStudioError(Exception):
-    """Base of every error imagestudio raises on purpose."""
+    """Base of every error imagestudio raises on purpose.
+
+    Every one pickles with its type, message and attributes (it crosses the boundary of the
+    imaging worker processes), whatever its subclass's ``__init__`` takes.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Not ``cls(*args)``: subclasses take other arguments (``PayloadInvalid(field, msg)``).
+        return (_rebuild, (type(self), self.args), self.__dict__)
 
 
 class InputError(ImageStudioError):

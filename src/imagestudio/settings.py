@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     provider_timeout_seconds: float = Field(default=180.0, gt=0)
     max_pixels: int = Field(default=64_000_000, ge=1)
 
+    # Worker processes for decode/resize/encode; None = one per core, 0 = threads instead.
+    imaging_processes: int | None = Field(default=None, ge=0)
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import pickle
 import struct
 import zlib
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageChops, ImageOps, ImageStat
 
+from imagestudio import errors
 from imagestudio.domain import OutputSpec
 from imagestudio.errors import BadImage, SourceTooLarge
 from imagestudio.imaging.process import (
@@ -259,3 +261,74 @@ def test_unknown_output_format_is_refused() -> None:
 )
 def test_with_extension(name: str, ext: str, expected: str) -> None:
     assert with_extension(name, ext) == expected
+
+
+# -- errors cross the imaging worker processes (pickle) -------------------------------------
+
+ERRORS = [
+    errors.ImageStudioError("boom"),
+    errors.BadImage("cannot decode image: truncated"),
+    errors.SourceTooLarge("image is 9000x9000 pixels, over the cap of 64000000"),
+    errors.PayloadInvalid("images[0].url", "not a URL"),
+    errors.RateLimited("slow down", retry_after=2.5, limit="requests"),
+    errors.ProviderTimeout("no answer", sent=False),
+    errors.ProviderError("teapot", status_code=418),
+    errors.ProviderUnavailable("503", status_code=503),
+    errors.ProviderBusy("busy", retry_after=3.0, status_code=503),
+    errors.AuthFailed("bad key", status_code=401),
+    errors.LeaseLost("taken over"),
+]
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: type(e).__name__)
+def test_every_error_pickles_with_its_type_message_and_attributes(
+    error: errors.ImageStudioError,
+) -> None:
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert (str(copy), copy.args, copy.message) == (str(error), error.args, error.message)
+    assert vars(copy) == vars(error)
+
+
+def test_every_error_class_is_covered_by_the_pickle_test() -> None:
+    classes = {
+        cls
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.ImageStudioError)
+    }
+    custom_init = {cls for cls in classes if "__init__" in vars(cls)}
+    assert custom_init <= {type(e) for e in ERRORS}
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_results_pickle(fmt: str) -> None:
+    source = prepare_source(encode(solid((10, 10)), "PNG"), "a.png", max_pixels=MAX_PIXELS)
+    assert pickle.loads(pickle.dumps(source)) == source
+    spec = OutputSpec(width=8, height=8, format=fmt, quality=90)
+    assert pickle.loads(pickle.dumps(spec)) == spec
+
+
+# -- reduced-scale JPEG decode (draft) and reduce() before LANCZOS --------------------------
+
+
+def halves(size: tuple[int, int]) -> Image.Image:
+    """Left half red, right half blue: shows a wrong rotation or a shifted fit."""
+    image = solid(size, colour=(220, 0, 0))
+    image.paste((0, 0, 220), (size[0] // 2, 0, size[0], size[1]))
+    return image
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+@pytest.mark.parametrize("side", [64, 300, 1000])
+def test_a_large_jpeg_to_a_small_target_matches_a_full_decode(orientation: int, side: int) -> None:
+    """A JPEG is decoded at reduced scale (draft) and reduced before LANCZOS; the same image
+    as a PNG (no draft) gives what a full decode would: same size, rotation and colours."""
+    jpeg = with_orientation(halves((1600, 800)), orientation)
+    with Image.open(io.BytesIO(jpeg)) as full:
+        png = encode(ImageOps.exif_transpose(full), "PNG")
+    spec = OutputSpec(width=side, height=side // 2, format="png", quality=90)
+    drafted = decode(postprocess(jpeg, spec, max_pixels=MAX_PIXELS)).convert("RGB")
+    reference = decode(postprocess(png, spec, max_pixels=MAX_PIXELS)).convert("RGB")
+    assert drafted.size == reference.size == (side, side // 2)
+    difference = ImageStat.Stat(ImageChops.difference(drafted, reference)).mean
+    assert max(difference) < 2.0, difference

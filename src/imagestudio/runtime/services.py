@@ -15,6 +15,7 @@ import httpx
 
 from imagestudio.domain import FILES_PATH
 from imagestudio.imaging.fetch import SourceFetcher
+from imagestudio.imaging.pool import ImagingExecutor, cpu_count, open_imaging
 from imagestudio.jobs.intake import IntakeLimits
 from imagestudio.jobs.service import JobService
 from imagestudio.observability.metrics import Metrics
@@ -43,6 +44,7 @@ class Services:
     metrics: Metrics
     wakeup: asyncio.Event
     jobs: JobService
+    imaging: ImagingExecutor
 
     def wake_workers(self) -> None:
         """Tell in-process workers new work is there, so they claim without waiting a poll."""
@@ -68,6 +70,13 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         backoff_base=settings.backoff_base_seconds,
         backoff_max=settings.backoff_max_seconds,
     )
+
+
+def imaging_processes(settings: Settings) -> int:
+    """Worker processes for post-processing: the setting, else one per core (0: threads)."""
+    if settings.imaging_processes is None:
+        return cpu_count()
+    return settings.imaging_processes
 
 
 def files_url(settings: Settings) -> str:
@@ -103,6 +112,7 @@ async def open_services(
         allow_list=settings.private_allow_list(),
     )
     metrics = Metrics()
+    imaging = open_imaging(imaging_processes(settings))
     runner = TaskRunner(
         metrics=metrics,
         store=store,
@@ -116,6 +126,7 @@ async def open_services(
             files_url=files_url(settings),
         ),
         probe=probe,
+        imaging=imaging,
     )
     wakeup = asyncio.Event()
     jobs = JobService(
@@ -127,10 +138,12 @@ async def open_services(
         on_new_work=wakeup.set,
     )
     try:
+        await imaging.start()
         yield Services(
-            settings, store, storage, box, http, providers, runner, metrics, wakeup, jobs
+            settings, store, storage, box, http, providers, runner, metrics, wakeup, jobs, imaging
         )
     finally:
+        await imaging.aclose()
         await providers.aclose()
         await http.aclose()
         await store.close()

@@ -27,6 +27,7 @@ from imagestudio.errors import (
     RateLimited,
 )
 from imagestudio.imaging.fetch import SourceFetcher
+from imagestudio.imaging.pool import ImagingExecutor, ThreadImaging
 from imagestudio.imaging.process import postprocess, prepare_source
 from imagestudio.observability.metrics import Metrics
 from imagestudio.policy.governor import Observation
@@ -211,9 +212,11 @@ class TaskRunner:
         metrics: Metrics,
         rng: random.Random | None = None,
         probe: Probe = NO_PROBE,
+        imaging: ImagingExecutor | None = None,
     ) -> None:
         self.store, self.storage, self.fetcher, self.metrics = store, storage, fetcher, metrics
         self.providers, self.config = providers, config
+        self.imaging = imaging or ThreadImaging()  # where decode/resize/encode run
         self.rng = rng or random.Random()
         self.probe = probe
 
@@ -260,7 +263,7 @@ class TaskRunner:
         job = task.job
         with timed(self.probe, Stage.SOURCE_FETCH):
             source = await self.fetcher.fetch(task.source_url)
-        prepared = await asyncio.to_thread(
+        prepared = await self.imaging.run(
             prepare_source, source.data, source.filename, max_pixels=self.config.max_pixels
         )
         request = ImageRequest(
@@ -278,7 +281,7 @@ class TaskRunner:
                 raw = await self._call(task, provider, request)
             finally:
                 on_call_done()
-        data = await asyncio.to_thread(
+        data = await self.imaging.run(
             postprocess, raw, job.output, max_pixels=self.config.max_pixels
         )
         key = result_key(task)
