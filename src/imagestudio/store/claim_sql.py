@@ -94,10 +94,11 @@ def _sku_free(img: Any, serial: Any) -> Any:
     return or_(not_(serial), not_(busy))
 
 
-def _due(img: Any) -> Any:
-    return and_(
-        img.c.status == QUEUED, img.c.run_after <= bindparam("now", type_=img.c.run_after.type)
-    )
+def _due(img: Any, *, sqlite: bool = False) -> Any:
+    due = img.c.run_after <= bindparam("now", type_=img.c.run_after.type)
+    # SQLite: ``likely`` tells its planner most queued tasks are due, so it walks the heads
+    # index instead of taking (status, run_after) and sorting every queued task by position.
+    return and_(img.c.status == QUEUED, func.likely(due) if sqlite else due)
 
 
 @functools.cache
@@ -128,7 +129,8 @@ def heads_lateral() -> Any:
 
 @functools.cache
 def heads_union(arms: int) -> Any:
-    """SQLite: ``arms`` jobs' heads in one statement (``:job_pk_i``, ``:n_i``, ``:serial_i``)."""
+    """SQLite: ``arms`` jobs' heads in one statement (``:job_pk_i``, ``:n_i``, ``:serial_i``),
+    each arm walking ``(job_pk, status, position)`` (see ``_due``)."""
     parts = []
     for i in range(arms):
         img = ai_job_image.alias(f"img_{i}")
@@ -137,7 +139,7 @@ def heads_union(arms: int) -> Any:
             select(img.c.job_pk, img.c.id, img.c.position)
             .where(
                 img.c.job_pk == job_pk,
-                _due(img),
+                _due(img, sqlite=True),
                 _sku_free(img, bindparam(f"serial_{i}", type_=Boolean)),
             )
             .order_by(img.c.position)
