@@ -24,7 +24,6 @@ import io
 import os
 import resource
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
@@ -36,7 +35,6 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from imagestudio.cli.background_server import free_port
 from imagestudio.domain import OutputSpec
 from imagestudio.imaging.process import postprocess, prepare_source
 from imagestudio.providers.fake.images import render_edit
@@ -47,8 +45,7 @@ from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.db import migrate
 from imagestudio.store.records import Succeeded
-from testkit import pg
-from testkit.fleet import clean_env, console_script
+from testkit import fleet, pg
 from testkit.payloads import batch_payload
 from testkit.settings import loopback_settings
 
@@ -143,25 +140,8 @@ class FakeProvider:
 
 @contextlib.contextmanager
 def fake_provider_process(workdir: Path) -> Iterator[FakeProvider]:
-    port = free_port()
-    command = [console_script(), "fake-provider", "--port", str(port), "--latency-ms", "0"]
-    log = (workdir / "fake-provider.log").open("wb")
-    proc = subprocess.Popen(command, env=clean_env(), cwd=workdir, stdout=log, stderr=log)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/_fake/stats?calls=0", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the fake provider did not start")
-            time.sleep(0.05)
-        yield FakeProvider(url, proc.pid)
-    finally:
-        proc.kill()
-        proc.wait(10)
-        log.close()
+    with fleet.fake_provider_process(workdir, "--latency-ms", "0") as (url, pid):
+        yield FakeProvider(url, pid)
 
 
 # ---------------------------------------------------------------------------- databases

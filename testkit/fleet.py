@@ -15,14 +15,18 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from imagestudio.cli.background_server import free_port
 from imagestudio.settings import Settings
 from imagestudio.store.records import AttemptRecord, ImageRecord
 from imagestudio.store.store import Store
@@ -42,6 +46,31 @@ def console_script() -> str:
 def clean_env() -> dict[str, str]:
     """This process's environment without any ``IMAGESTUDIO_*`` setting."""
     return {k: v for k, v in os.environ.items() if not k.startswith("IMAGESTUDIO_")}
+
+
+@contextlib.contextmanager
+def fake_provider_process(workdir: Path, *options: str) -> Iterator[tuple[str, int]]:
+    """``imagestudio fake-provider OPTIONS`` in its own process on a free loopback port,
+    answering when yielded as ``(url, pid)``; killed when the block ends. Its output goes to
+    ``workdir/fake-provider.log``."""
+    port = free_port()
+    command = [console_script(), "fake-provider", "--port", str(port), *options]
+    with (workdir / "fake-provider.log").open("wb") as log:
+        proc = subprocess.Popen(command, env=clean_env(), cwd=workdir, stdout=log, stderr=log)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/_fake/stats?calls=0", timeout=2).status_code == 200:
+                        break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the fake provider did not start")
+                time.sleep(0.05)
+            yield url, proc.pid
+        finally:
+            proc.kill()
+            proc.wait(10)
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:

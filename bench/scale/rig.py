@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,11 +15,9 @@ from typing import Any
 
 import httpx
 
-from imagestudio.cli.background_server import free_port
 from imagestudio.settings import Settings
 from imagestudio.store.db import migrate
-from testkit import pg
-from testkit.fleet import clean_env, console_script
+from testkit import fleet, pg
 from testkit.payloads import batch_payload
 from testkit.settings import loopback_settings
 
@@ -114,29 +110,12 @@ class Fake:
 def fake_provider(workdir: Path, latency_ms: float = 0.0) -> Iterator[Fake]:
     """``imagestudio fake-provider`` in its own process, no limits, 64 px renders; killed when
     the block ends. Its sample sources are drawn once before it is handed out."""
-    port = free_port()
-    command = [console_script(), "fake-provider", "--port", str(port)]
-    command += ["--latency-ms", str(latency_ms), "--render-size", str(TARGET)]
-    log = (workdir / "fake-provider.log").open("wb")
-    proc = subprocess.Popen(command, env=clean_env(), cwd=workdir, stdout=log, stderr=log)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/_fake/stats?calls=0", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the fake provider did not start")
-            time.sleep(0.05)
+    options = ["--latency-ms", str(latency_ms), "--render-size", str(TARGET)]
+    with fleet.fake_provider_process(workdir, *options) as (url, pid):
         with httpx.Client(timeout=30) as client:
             for n in range(1, SOURCES + 1):
                 client.get(f"{url}/samples/{n}.jpg").raise_for_status()
-        yield Fake(url, proc.pid)
-    finally:
-        proc.kill()
-        proc.wait(10)
-        log.close()
+        yield Fake(url, pid)
 
 
 # ---------------------------------------------------------------------------- databases
