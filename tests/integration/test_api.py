@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +37,15 @@ BAD_KEY = "sk-bad-0123456789-secret"  # the fake answers 401 and echoes this key
 SIZE = 256  # small results keep the suite fast; the seed's 1536 runs in test_pipeline
 
 Serve = Callable[..., httpx.Client]
+
+
+def stored_config(value: Any) -> dict[str, Any]:
+    """``ai_job.config`` as a raw SELECT returns it: jsonb on PostgreSQL, zlib-compressed JSON
+    on SQLite (``store.tables.PayloadJson``)."""
+    if isinstance(value, bytes):
+        value = zlib.decompress(value)
+    loaded: dict[str, Any] = json.loads(value) if isinstance(value, str | bytes) else value
+    return loaded
 
 
 def sql(db_url: str, statement: str, **params: Any) -> list[Any]:
@@ -292,7 +302,7 @@ def test_a_job_runs_and_every_view_shows_it(
     answers += [client.get("/jobs/job-1/timeline"), client.get("/jobs")]
     assert all(KEY not in answer.text for answer in answers)
     (row,) = sql(db_url, "SELECT config FROM ai_job")
-    config = json.loads(row.config) if isinstance(row.config, str) else row.config
+    config = stored_config(row.config)
     assert "api_key" not in config["options"]
     assert KEY not in json.dumps(config)
     assert config["options"]["model"] == "gpt-image-1"  # the rest is kept as sent
@@ -490,7 +500,7 @@ def _assert_no_key_in(responses: list[httpx.Response], db_url: str) -> None:
         assert KEY not in response.text, response.url
         assert BAD_KEY not in response.text, response.url
     for row in sql(db_url, "SELECT config, error FROM ai_job"):
-        stored = row.config if isinstance(row.config, str) else json.dumps(row.config)
+        stored = json.dumps(stored_config(row.config), ensure_ascii=False)
         assert "api_key" not in json.loads(stored)["options"]
         assert KEY not in stored
         assert BAD_KEY not in stored

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from imagestudio.domain import JobSpec
@@ -104,6 +106,26 @@ async def test_submit_writes_the_job_and_its_images(store: Store, clock: Clock) 
     assert progress.counts["queued"] == 5
     assert list(progress.per_sku) == ["SKU1", "SKU2", "SKU3"]
     assert progress.per_sku["SKU1"]["queued"] == 3
+
+
+async def test_the_payload_is_jsonb_on_postgresql_and_compressed_on_sqlite(store: Store) -> None:
+    """SQLite rewrites a whole row on every UPDATE: the payload is stored compressed there."""
+    spec = make_spec()
+    await store.submit(spec, SEALED)
+    async with store.engine.connect() as conn:
+        raw = await conn.scalar(text("SELECT config FROM ai_job"))
+        if store.dialect == "postgresql":
+            assert raw == spec.config  # jsonb: the seed's monitoring SQL reads it as written
+            kind = await conn.scalar(text("SELECT jsonb_typeof(config) FROM ai_job"))
+            assert kind == "object"
+        else:
+            assert isinstance(raw, bytes)
+            assert json.loads(zlib.decompress(raw)) == spec.config
+            # A row written before compression (JSON text) still reads back.
+            await conn.execute(
+                text("UPDATE ai_job SET config = :c"), {"c": json.dumps(spec.config)}
+            )
+            assert await conn.scalar(select(ai_job.c.config)) == spec.config
 
 
 async def test_submit_is_one_transaction(store: Store) -> None:
