@@ -43,6 +43,7 @@ from imagestudio.observability.logs import configure_logging
 from imagestudio.providers.fake.images import render_edit
 from imagestudio.providers.fake.samples import sample_product_photo
 from imagestudio.runtime.services import open_services
+from testkit import fleet
 from testkit.settings import loopback_settings
 
 try:  # measured when installed; not a dependency (docs/benchmarks.md says why)
@@ -189,7 +190,7 @@ def libraries(images: dict[str, bytes]) -> str:
 
 def _children_cpu(imaging: ImagingExecutor) -> float:
     if isinstance(imaging, ProcessImaging):
-        return sum(overhead.cpu_seconds(pid) for pid in imaging.pids())
+        return sum(fleet.cpu_seconds(pid) for pid in imaging.pids())
     return 0.0
 
 

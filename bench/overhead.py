@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
 import resource
 import statistics
 import tempfile
@@ -109,16 +108,6 @@ class Stages:
 # ---------------------------------------------------------------------------- processes
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads), from /proc."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -172,7 +161,7 @@ async def _backend_cpu(services: Services) -> dict[int, float]:
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
         )
         pids = [int(row[0]) for row in result]
-    return {pid: cpu_seconds(pid) for pid in pids}
+    return {pid: fleet.cpu_seconds(pid) for pid in pids}
 
 
 # ---------------------------------------------------------------------------- measurements
@@ -199,11 +188,11 @@ async def _pipeline(services: Services, provider: FakeProvider, m: Measurement) 
     job_pk = await _submit(services, provider, m.target, m.images)
     provider.reset()
     db_before = await _backend_cpu(services)
-    cpu0, provider0, started = own_cpu(), cpu_seconds(provider.pid), time.perf_counter()
+    cpu0, provider0, started = own_cpu(), fleet.cpu_seconds(provider.pid), time.perf_counter()
     await services.worker(CONCURRENCY).run_until_idle()
     m.wall = time.perf_counter() - started
     m.service_cpu = own_cpu() - cpu0
-    m.provider_cpu = cpu_seconds(provider.pid) - provider0
+    m.provider_cpu = fleet.cpu_seconds(provider.pid) - provider0
     db_after = await _backend_cpu(services)
     m.db_cpu = sum(cpu - db_before.get(pid, 0.0) for pid, cpu in db_after.items())
     done = sum(1 for image in await services.store.images(job_pk) if image.status == "succeeded")

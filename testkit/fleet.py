@@ -48,6 +48,16 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("IMAGESTUDIO_")}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc; 0 if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def fake_provider_process(workdir: Path, *options: str) -> Iterator[tuple[str, int]]:
     """``imagestudio fake-provider OPTIONS`` in its own process on a free loopback port,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -49,16 +48,6 @@ class Shape:
 # ---------------------------------------------------------------------------- /proc
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads); 0 if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def memory_mib(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of a process in MiB; zeros if it is gone."""
     values = {"VmRSS": 0.0, "VmHWM": 0.0}
@@ -83,7 +72,7 @@ class CpuMeter:
         """Processes seen at the first sample count from then; later ones from their birth."""
         first, self.sampled = not self.sampled, True
         for pid in pids:
-            cpu = cpu_seconds(pid)
+            cpu = fleet.cpu_seconds(pid)
             if pid not in self.start:
                 self.start[pid] = cpu if first else 0.0
             if cpu > 0:
