@@ -31,7 +31,7 @@ QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Admitted:
+class Admission:
     ids: list[int]  # fairest first
     wake_at: float | None  # the pace's next slot, if it held something back
     now: datetime  # read once the keys' locks were held: the tasks' start
@@ -116,7 +116,7 @@ async def admit(
     found: Sequence[tuple[int, str]],
     clock: Callable[[], datetime],
     limit: int,
-) -> Admitted:
+) -> Admission:
     """Lock the candidates' keys, trim what no longer fits under the lock, pace the rest.
 
     Under a key's governor lock no other claim can start a task of that key, and a job has
@@ -152,7 +152,7 @@ async def admit(
     paced = apply_pace(fits, states, now.timestamp(), limit)
     for key, tat in paced.tats.items():
         await governors.save(conn, key, dataclasses.replace(states[key], tat=tat), now)
-    return Admitted(paced.ids, paced.wake_at, now)
+    return Admission(paced.ids, paced.wake_at, now)
 
 
 async def _key_counts(conn: AsyncConnection, keys: list[str]) -> dict[str, tuple[int, int]]:

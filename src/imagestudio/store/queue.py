@@ -85,7 +85,7 @@ async def claim_batch(
     found = fairness.candidates(
         view, states, now=now.timestamp(), limit=limit, initial_window=params.initial_window
     )
-    admitted = claim.Admitted([], None, now)
+    admitted = claim.Admission([], None, now)
     if found:
         admitted = await claim.admit(conn, params, view, found, clock, limit)
     wake_at = _earliest(admitted.wake_at, await _next_due(conn, now), await _cooled(conn, now))
