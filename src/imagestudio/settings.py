@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     storage_url: str | None = None
     api_tokens: SecretStr = SecretStr("")
+    # With API tokens set, /metrics answers only this bearer token (it lists every user's
+    # provider keys); unset there, /metrics is closed. Local mode leaves it open (loopback).
+    metrics_token: SecretStr | None = None
     secret_key: SecretStr | None = None
     allow_private_urls: str = ""
     public_base_url: str | None = None

@@ -346,6 +346,22 @@ def test_health_and_metrics(shared: httpx.Client) -> None:
 # -- users ----------------------------------------------------------------------------------
 
 
+def test_metrics_answer_only_the_metrics_token_when_tokens_are_set(serve_sqlite: Serve) -> None:
+    """/metrics lists every user's provider keys: a user's token is not enough."""
+    client = serve_sqlite(token="t1", api_tokens="t1=alice", metrics_token="m-secret-token")
+    root = str(client.base_url).rstrip("/").removesuffix(API_PREFIX)
+    for headers in ({}, {"Authorization": "Bearer t1"}, {"Authorization": "Bearer wrong"}):
+        refused = httpx.get(f"{root}/metrics", headers=headers)
+        assert refused.status_code == 401
+        assert "imagestudio_" not in refused.text
+    scraped = httpx.get(f"{root}/metrics", headers={"Authorization": "Bearer m-secret-token"})
+    assert scraped.status_code == 200
+    assert "imagestudio_queue_depth" in scraped.text
+    closed = serve_sqlite(api_tokens="t1=alice")  # tokens set, no metrics token: closed
+    closed_root = str(closed.base_url).rstrip("/").removesuffix(API_PREFIX)
+    assert httpx.get(f"{closed_root}/metrics").status_code == 401
+
+
 def test_tokens_bind_users_and_each_sees_only_their_jobs(serve_sqlite: Serve) -> None:
     tokens = {"api_tokens": "t1=alice,t2=bob"}
     alice = serve_sqlite(token="t1", **tokens)

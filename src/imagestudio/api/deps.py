@@ -55,9 +55,31 @@ def get_user(
 UserDep = Annotated[str | None, Depends(get_user)]
 
 
+def require_metrics_access(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """``/metrics`` shows every user's provider keys: with API tokens set it answers only
+    ``IMAGESTUDIO_METRICS_TOKEN`` (a user's token is not enough); local mode stays open."""
+    settings = services.settings
+    if not settings.token_users():
+        return
+    expected = settings.metrics_token.get_secret_value() if settings.metrics_token else ""
+    given = credentials.credentials if credentials is not None else ""
+    if not expected or not secrets.compare_digest(expected.encode(), given.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "metrics need IMAGESTUDIO_METRICS_TOKEN as the bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 async def get_job(store: StoreDep, user: UserDep, job_id: str) -> JobRecord:
     """The caller's job named in the path (404 before any answer starts streaming)."""
     return await store.get_job(user, job_id)
 
 
 JobDep = Annotated[JobRecord, Depends(get_job)]
+
+
+MetricsAccessDep = Annotated[None, Depends(require_metrics_access)]

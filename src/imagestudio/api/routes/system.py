@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from imagestudio.api.deps import ServicesDep
+from imagestudio.api.deps import MetricsAccessDep, ServicesDep
 
 router = APIRouter()
 
@@ -27,7 +27,7 @@ async def healthz(request: Request, services: ServicesDep) -> dict[str, str]:
 
 
 @router.get("/metrics")
-async def metrics(services: ServicesDep) -> Response:
+async def metrics(services: ServicesDep, _access: MetricsAccessDep) -> Response:
     store = services.store
     services.metrics.refresh(await store.queue_depth(), await store.governor_states())
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
