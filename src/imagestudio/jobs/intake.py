@@ -49,8 +49,9 @@ def gc_paused() -> Iterator[None]:
     Intake allocates a few objects per image and frees none of them until it is done, so the
     collector's passes find nothing while rescanning an ever larger heap: for a 100,000-image
     payload they were half of parsing and validating it (1.2 s of CPU, 0.6 s without). The
-    block is synchronous (nothing else runs on the event loop meanwhile); reference counting
-    still frees what it can.
+    pause is process-wide and lasts the block (about a second at most); reference counting
+    still frees what it can. A block started while the collector is already paused (another
+    intake at the same time) leaves it to the first one to resume it.
     """
     if not gc.isenabled():
         yield
