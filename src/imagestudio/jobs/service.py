@@ -13,13 +13,7 @@ from typing import Any
 
 from imagestudio.domain import JobSpec
 from imagestudio.errors import PayloadInvalid, UnsafeURL
-from imagestudio.jobs.intake import (
-    IntakeLimits,
-    build_job_spec,
-    gc_paused,
-    parse_payload,
-    release_freed_memory,
-)
+from imagestudio.jobs.intake import IntakeLimits, build_job_spec, gc_paused, parse_payload
 from imagestudio.security.crypto import SecretBox
 from imagestudio.security.netguard import ensure_public_url
 from imagestudio.storage import ResultStorage, sweep
@@ -27,7 +21,7 @@ from imagestudio.store.records import JobProgress, JobRecord
 from imagestudio.store.store import Store
 
 LOCAL_USER = "local"
-RELEASE_AFTER_IMAGES = 5000  # an intake this big gives its freed heap back (release_freed_memory)
+RELEASE_AFTER_IMAGES = 5000  # an intake this big then calls ``release_memory``
 
 
 def _nothing() -> None:
@@ -52,7 +46,8 @@ class Retried:
 
 class JobService:
     """The user's side of jobs. ``on_new_work`` is told when images were queued (so
-    in-process workers claim at once instead of at their next poll)."""
+    in-process workers claim at once instead of at their next poll); ``release_memory`` runs
+    in a thread after a big intake, once its payload's objects are freed."""
 
     def __init__(
         self,
@@ -63,9 +58,11 @@ class JobService:
         limits: IntakeLimits,
         allow_list: Sequence[str] = (),
         on_new_work: Callable[[], None] = _nothing,
+        release_memory: Callable[[], None] = _nothing,
     ) -> None:
         self.store, self.storage, self.box = store, storage, box
         self.limits, self.allow_list, self.on_new_work = limits, list(allow_list), on_new_work
+        self.release_memory = release_memory
 
     async def submit(self, raw: bytes | dict[str, Any], user: str | None) -> Submitted:
         """Validate, check the provider URL, seal the key and write the job once.
@@ -84,7 +81,7 @@ class JobService:
         result = await self.store.submit(spec, self.box.seal(spec.api_key))
         if len(spec.images) >= RELEASE_AFTER_IMAGES:
             del spec
-            await asyncio.to_thread(release_freed_memory)
+            await asyncio.to_thread(self.release_memory)
         if result.created:
             self.on_new_work()
         progress = await self.store.progress(result.job.user_id, result.job.job_id)

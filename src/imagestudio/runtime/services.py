@@ -21,6 +21,7 @@ from imagestudio.jobs.service import JobService
 from imagestudio.observability.metrics import Metrics
 from imagestudio.policy.governor import GovernorParams
 from imagestudio.policy.retry import RetryPolicy
+from imagestudio.runtime.memory import cap_malloc_arenas, release_freed_memory
 from imagestudio.scheduler.probe import NO_PROBE, Probe
 from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
 from imagestudio.scheduler.worker import Worker, WorkerConfig
@@ -92,6 +93,7 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Everything a process needs, closed in order when the block ends. ``probe`` sees the
     workers' steps and governor moves (benchmarks, tests)."""
+    cap_malloc_arenas()  # before the threads (SQLite's, the executor's) take arenas of their own
     url = settings.effective_database_url
     if migrate:
         await migrate_async(url)
@@ -136,6 +138,7 @@ async def open_services(
         limits=IntakeLimits(max_images=settings.max_images_per_job),
         allow_list=settings.private_allow_list(),
         on_new_work=wakeup.set,
+        release_memory=release_freed_memory,
     )
     try:
         await imaging.start()
