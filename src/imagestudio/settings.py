@@ -36,6 +36,7 @@ class Settings(BaseSettings):
 
     # Intake limits.
     max_images_per_job: int = Field(default=5000, ge=1)
+    max_prompt_chars: int = Field(default=32_000, ge=1)  # each template and each built prompt
 
     # Worker behaviour.
     worker_concurrency: int = Field(default=16, ge=1)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from imagestudio.domain import JobSpec
-from imagestudio.errors import PayloadInvalid, UnsafeURL
+from imagestudio.errors import PayloadInvalid, SourceUnavailable, UnsafeURL
 from imagestudio.jobs.intake import IntakeLimits, build_job_spec, gc_paused, parse_payload
 from imagestudio.security.crypto import SecretBox
 from imagestudio.security.netguard import ensure_public_url
+from imagestudio.security.redact import redact
 from imagestudio.storage import ResultStorage, sweep
 from imagestudio.store.records import JobProgress, JobRecord
 from imagestudio.store.store import Store
@@ -71,8 +72,8 @@ class JobService:
         spec = await asyncio.to_thread(self._spec, raw, user)
         try:
             await ensure_public_url(spec.provider.api_base, self.allow_list)
-        except UnsafeURL as exc:
-            raise PayloadInvalid("options.api_base", exc.message) from exc
+        except (UnsafeURL, SourceUnavailable) as exc:  # refused, or its name did not resolve
+            raise PayloadInvalid("options.api_base", redact(exc.message)) from exc
         result = await self.store.submit(spec, self.box.seal(spec.api_key))
         if result.created:
             self.on_new_work()

@@ -133,7 +133,9 @@ async def open_services(
         store,
         storage,
         box,
-        limits=IntakeLimits(max_images=settings.max_images_per_job),
+        limits=IntakeLimits(
+            max_images=settings.max_images_per_job, max_prompt_chars=settings.max_prompt_chars
+        ),
         allow_list=settings.private_allow_list(),
         on_new_work=wakeup.set,
     )

@@ -6,7 +6,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
+from fastapi import (
+    APIRouter,
+    Body,
+    Depends,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    status,
+)
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
@@ -20,6 +30,7 @@ from imagestudio.api.schemas import (
     image_page_out,
     job_out,
     job_summary,
+    last_event_id,
     parse_timeline_cursor,
     timeline_cursor,
 )
@@ -27,6 +38,9 @@ from imagestudio.domain import API_PREFIX, TERMINAL_JOB_STATUSES
 from imagestudio.store.records import JobRecord
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+MAX_OFFSET = 10**9  # past any list; offset + a page stays in int32 (the position column)
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut)
@@ -47,7 +61,7 @@ async def list_jobs(
     store: StoreDep,
     user: UserDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, list[JobSummary]]:
     jobs = await store.list_jobs(user, limit=limit, offset=offset)
     return {"jobs": [job_summary(j) for j in jobs]}
@@ -76,7 +90,7 @@ LightJobDep = Annotated[JobRecord, Depends(_light_job)]
 async def get_images(
     store: StoreDep,
     job: LightJobDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: PageLimit = DEFAULT_PAGE,
 ) -> ImagePage:
     """Images by position, ``limit`` from ``offset`` (the position of the first)."""
@@ -93,6 +107,18 @@ async def get_timeline(
 ) -> dict[str, Any]:
     """Attempts by start, ``limit`` after ``cursor`` (the last page's ``next_cursor``)."""
     after = parse_timeline_cursor(cursor) if cursor else None
+    if cursor and after is None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [
+                {
+                    "loc": ["query", "cursor"],
+                    "field": "query.cursor",
+                    "msg": "the cursor's time is out of range",
+                    "type": "value_error",
+                }
+            ],
+        )
     found = await store.attempt_page(job.id, after=after, limit=limit)
     following = timeline_cursor(found[-1]) if len(found) == limit else None
     base = f"{API_PREFIX}/jobs/{job.job_id}/timeline"
@@ -137,7 +163,7 @@ async def job_events(
     user: UserDep,
     job: LightJobDep,
     job_id: str,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Progress as Server-Sent Events; reconnecting with ``Last-Event-ID`` resumes after it.
 
@@ -145,7 +171,7 @@ async def job_events(
     (``image``, ``job``); the stream ends with ``end`` once the job has ended.
     """
     store, outbox = services.store, services.store.outbox
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    after = last_event_id(last_event_header)
     yield ServerSentEvent(event="snapshot", data=job_out(await store.progress(user, job_id)))
     while not await request.is_disconnected():
         events = await outbox.events_after(job.id, after)
