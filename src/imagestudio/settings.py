@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     allow_private_urls: str = ""
     public_base_url: str | None = None
 
-    # Intake limits.
+    # Intake limits. A body over max_body_bytes is refused (413) as it streams in.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_images_per_job: int = Field(default=5000, ge=1)
     max_prompt_chars: int = Field(default=32_000, ge=1)  # each template and each built prompt
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from imagestudio.api.limits import BodyLimit, BodyTooLarge
 from imagestudio.api.routes import files, jobs, system
 from imagestudio.domain import API_PREFIX
 from imagestudio.errors import ApiKeyRequired, JobConflict, JobNotFound, PayloadInvalid
@@ -38,6 +39,7 @@ def create_app(settings: Settings, *, workers: int = 0) -> FastAPI:
 
     app = FastAPI(title="imagestudio", version="0.1.0", lifespan=lifespan)
     app.state.worker_loop = None
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(system.router, prefix=API_PREFIX)
     app.include_router(files.router, prefix=API_PREFIX)
@@ -63,6 +65,14 @@ def _error_handlers(app: FastAPI) -> None:
                 }
             )
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(
+            {"detail": exc.detail, "error": "body_too_large"},
+            status_code=413,
+            headers={"Connection": "close"},
+        )
 
     @app.exception_handler(PayloadInvalid)
     async def _invalid(_: Request, exc: PayloadInvalid) -> JSONResponse:
