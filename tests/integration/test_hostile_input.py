@@ -157,3 +157,32 @@ def test_sse_after_the_largest_valid_id_ends_normally(serve: Serve) -> None:
     assert response.status_code == 200
     events = [line for line in response.text.splitlines() if line.startswith("event:")]
     assert (events[0], events[-1]) == ("event: snapshot", "event: end")
+
+
+def test_a_user_past_the_jobs_quota_gets_429_with_retry_after(serve: Serve) -> None:
+    client = serve(max_jobs_in_flight=2, quota_retry_after_seconds=12.5)
+    for n in (1, 2):
+        assert client.post("/jobs", json=job(f"job-{n}")).status_code == 201
+    refused = client.post("/jobs", json=job("job-3"))
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["retry-after"] == "13"
+    assert refused.json()["error"] == "too_much_in_flight"
+    assert "2 jobs in flight" in refused.json()["detail"]
+    # The same job again is not new work: it is answered whatever the quota.
+    assert client.post("/jobs", json=job("job-1")).status_code == 200
+    # Another user has their own quota.
+    other = job("job-3")
+    other["user_id"] = "someone-else"
+    assert client.post("/jobs", json=other).status_code == 201
+    # An ended job no longer counts.
+    assert client.post("/jobs/job-1/cancel").status_code == 202
+    assert client.post("/jobs", json=job("job-3")).status_code == 201
+
+
+def test_a_user_past_the_images_quota_gets_429(serve: Serve) -> None:
+    client = serve(max_images_in_flight=7)  # the seed's job has 5 images
+    assert client.post("/jobs", json=job("job-1")).status_code == 201
+    refused = client.post("/jobs", json=job("job-2"))
+    assert refused.status_code == 429, refused.text
+    assert "5 images in flight and 5 more" in refused.json()["detail"]
+    assert int(refused.headers["retry-after"]) >= 1

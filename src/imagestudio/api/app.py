@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -13,7 +14,13 @@ from fastapi.responses import JSONResponse
 from imagestudio.api.limits import BodyLimit, BodyTooLarge
 from imagestudio.api.routes import files, jobs, system
 from imagestudio.domain import API_PREFIX
-from imagestudio.errors import ApiKeyRequired, JobConflict, JobNotFound, PayloadInvalid
+from imagestudio.errors import (
+    ApiKeyRequired,
+    JobConflict,
+    JobNotFound,
+    PayloadInvalid,
+    TooMuchInFlight,
+)
 from imagestudio.runtime.services import open_services
 from imagestudio.settings import Settings
 
@@ -65,6 +72,14 @@ def _error_handlers(app: FastAPI) -> None:
                 }
             )
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(TooMuchInFlight)
+    async def _too_much(_: Request, exc: TooMuchInFlight) -> JSONResponse:
+        return JSONResponse(
+            {"detail": exc.message, "error": "too_much_in_flight"},
+            status_code=429,
+            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
+        )
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:

@@ -20,6 +20,7 @@ from imagestudio.jobs.intake import IntakeLimits
 from imagestudio.jobs.service import JobService
 from imagestudio.observability.metrics import Metrics
 from imagestudio.policy.governor import GovernorParams
+from imagestudio.policy.quota import Quota
 from imagestudio.policy.retry import RetryPolicy
 from imagestudio.scheduler.probe import NO_PROBE, Probe
 from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
@@ -136,6 +137,8 @@ async def open_services(
         limits=IntakeLimits(
             max_images=settings.max_images_per_job, max_prompt_chars=settings.max_prompt_chars
         ),
+        quota=Quota(max_jobs=settings.max_jobs_in_flight, max_images=settings.max_images_in_flight),
+        quota_retry_after=settings.quota_retry_after_seconds,
         allow_list=settings.private_allow_list(),
         on_new_work=wakeup.set,
     )
