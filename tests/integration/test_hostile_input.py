@@ -4,6 +4,7 @@ a 4xx naming the field (or a stream that carries on), never a 500."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,11 @@ def serve(tmp_path: Path, db_url: str) -> Iterator[Serve]:
     structlog.reset_defaults()
     with contextlib.ExitStack() as stack:
 
-        def start(**overrides: Any) -> httpx.Client:
+        def start(workers: int = 0, **overrides: Any) -> httpx.Client:
             overrides.setdefault("events_poll_seconds", 0.05)
+            overrides.setdefault("imaging_processes", 0)
             settings = make_settings(tmp_path, db_url, **overrides)
-            server = stack.enter_context(BackgroundServer(create_app(settings, workers=0)))
+            server = stack.enter_context(BackgroundServer(create_app(settings, workers=workers)))
             return stack.enter_context(
                 httpx.Client(base_url=f"{server.url}{API_PREFIX}", timeout=15)
             )
@@ -186,3 +188,19 @@ def test_a_user_past_the_images_quota_gets_429(serve: Serve) -> None:
     assert refused.status_code == 429, refused.text
     assert "5 images in flight and 5 more" in refused.json()["detail"]
     assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_a_job_whose_every_image_failed_says_why(serve: Serve, fake_provider: Any) -> None:
+    client = serve(workers=1)
+    raw = batch_payload(fake_provider.url, "job-1", api_key=KEY, size=256)
+    for images in raw["options"]["sku_images_map"].values():
+        for image in images:
+            image["url"] = f"{fake_provider.url}/no-such-photo.jpg"
+    assert client.post("/jobs", json=raw).status_code == 201
+    deadline = time.monotonic() + 30
+    while (answer := client.get("/jobs/job-1").json())["status"] not in ("failed", "succeeded"):
+        assert time.monotonic() < deadline, answer["status"]
+        time.sleep(0.05)
+    assert answer["status"] == "failed"
+    assert answer["error"].startswith("all 5 images failed; the last: ")
+    assert "404" in answer["error"]
