@@ -33,9 +33,12 @@ class ServeProcess:
 
 
 @contextlib.contextmanager
-def serve_process(workdir: Path, **settings: str) -> Iterator[ServeProcess]:
-    """``imagestudio serve --workers 0`` on SQLite in ``workdir``, ``IMAGESTUDIO_<NAME>``
-    settings from ``settings``; answering when yielded, killed when the block ends."""
+def serve_process(
+    workdir: Path, *args: str, workers: int = 0, **settings: str
+) -> Iterator[ServeProcess]:
+    """``imagestudio serve --workers N ARGS`` in ``workdir`` (SQLite there unless
+    ``database_url`` is given), ``IMAGESTUDIO_<NAME>`` settings from ``settings``; answering
+    when yielded, stopped when the block ends. Its stdout and stderr go to ``log``."""
     port = free_port()
     env = clean_env()
     env.update(IMAGESTUDIO_DATA_DIR=str(workdir / "data"), IMAGESTUDIO_IMAGING_PROCESSES="0")
@@ -44,7 +47,11 @@ def serve_process(workdir: Path, **settings: str) -> Iterator[ServeProcess]:
     log_path = workdir / "serve.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [*command, "--workers", "0"], env=env, cwd=workdir, stdout=log, stderr=log
+            [*command, "--workers", str(workers), *args],
+            env=env,
+            cwd=workdir,
+            stdout=log,
+            stderr=log,
         )
         try:
             url = f"http://127.0.0.1:{port}"
