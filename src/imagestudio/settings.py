@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     allow_private_urls: str = ""
     public_base_url: str | None = None
+    # With API tokens set, result URLs in answers are signed for this long (files route).
+    files_url_ttl_seconds: float = Field(default=3600.0, ge=60)
 
     # Intake limits. A body over max_body_bytes is refused (413) as it streams in.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)

@@ -20,7 +20,7 @@ from fastapi import (
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
-from imagestudio.api.deps import ServicesDep, StoreDep, UserDep
+from imagestudio.api.deps import ServicesDep, SignerDep, StoreDep, UserDep
 from imagestudio.api.schemas import (
     CURSOR_PATTERN,
     ImagePage,
@@ -34,6 +34,7 @@ from imagestudio.api.schemas import (
     parse_timeline_cursor,
     timeline_cursor,
 )
+from imagestudio.api.signed import signed_event, signed_job, signed_page
 from imagestudio.domain import API_PREFIX, TERMINAL_JOB_STATUSES
 from imagestudio.store.records import JobRecord
 
@@ -47,13 +48,14 @@ Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 async def post_job(
     services: ServicesDep,
     user: UserDep,
+    signer: SignerDep,
     response: Response,
     payload: Annotated[dict[str, Any], Body()],
 ) -> JobOut:
     submitted = await services.jobs.submit(payload, user)
     if not submitted.created:
         response.status_code = status.HTTP_200_OK
-    return job_out(submitted.progress)
+    return signed_job(job_out(submitted.progress), signer)
 
 
 @router.get("", response_model=dict[str, list[JobSummary]])
@@ -68,10 +70,10 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job(store: StoreDep, user: UserDep, job_id: str) -> JobOut:
+async def get_job(store: StoreDep, user: UserDep, signer: SignerDep, job_id: str) -> JobOut:
     progress = await store.progress(user, job_id)
     views = await store.governor_states([progress.job.provider_key])
-    return job_out(progress, views[0] if views else None)
+    return signed_job(job_out(progress, views[0] if views else None), signer)
 
 
 DEFAULT_PAGE, MAX_PAGE = 500, 5000
@@ -90,12 +92,13 @@ LightJobDep = Annotated[JobRecord, Depends(_light_job)]
 async def get_images(
     store: StoreDep,
     job: LightJobDep,
+    signer: SignerDep,
     offset: Offset = 0,
     limit: PageLimit = DEFAULT_PAGE,
 ) -> ImagePage:
     """Images by position, ``limit`` from ``offset`` (the position of the first)."""
     page = await store.image_page(job, offset=offset, limit=limit)
-    return image_page_out(page, f"{API_PREFIX}/jobs/{job.job_id}/images")
+    return signed_page(image_page_out(page, f"{API_PREFIX}/jobs/{job.job_id}/images"), signer)
 
 
 @router.get("/{job_id}/timeline", response_model=dict[str, Any])
@@ -133,9 +136,11 @@ async def get_timeline(
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
-async def cancel_job(services: ServicesDep, user: UserDep, job_id: str) -> JobOut:
+async def cancel_job(
+    services: ServicesDep, user: UserDep, signer: SignerDep, job_id: str
+) -> JobOut:
     """Queued images end ``cancelled`` now; running calls are aborted within seconds."""
-    return job_out(await services.jobs.cancel(user, job_id))
+    return signed_job(job_out(await services.jobs.cancel(user, job_id)), signer)
 
 
 class RetryBody(BaseModel):
@@ -149,11 +154,15 @@ class RetryOut(BaseModel):
 
 @router.post("/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=RetryOut)
 async def retry_job(
-    services: ServicesDep, user: UserDep, job_id: str, body: RetryBody | None = None
+    services: ServicesDep,
+    user: UserDep,
+    signer: SignerDep,
+    job_id: str,
+    body: RetryBody | None = None,
 ) -> RetryOut:
     """Queue the failed images again (fresh attempts); succeeded ones are not redone."""
     retried = await services.jobs.retry(user, job_id, body.api_key if body else None)
-    return RetryOut(requeued=retried.requeued, job=job_out(retried.progress))
+    return RetryOut(requeued=retried.requeued, job=signed_job(job_out(retried.progress), signer))
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse)
@@ -161,6 +170,7 @@ async def job_events(
     request: Request,
     services: ServicesDep,
     user: UserDep,
+    signer: SignerDep,
     job: LightJobDep,
     job_id: str,
     last_event_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -172,12 +182,14 @@ async def job_events(
     """
     store, outbox = services.store, services.store.outbox
     after = last_event_id(last_event_header)
-    yield ServerSentEvent(event="snapshot", data=job_out(await store.progress(user, job_id)))
+    snapshot = signed_job(job_out(await store.progress(user, job_id)), signer)
+    yield ServerSentEvent(event="snapshot", data=snapshot)
     while not await request.is_disconnected():
         events = await outbox.events_after(job.id, after)
         for event in events:
             after = event.id
-            yield ServerSentEvent(id=str(event.id), event=event.type, data=event.data)
+            data = signed_event(event.data, signer)
+            yield ServerSentEvent(id=str(event.id), event=event.type, data=data)
         if not events:
             current = await store.get_job(user, job_id, urls=False)
             # An ended job's last events may still wait behind an older open transaction.
