@@ -13,7 +13,9 @@ meets them, with ``raise Mapped(...) from exc`` so the cause is kept.
     │   ├── UnsafeURL               a URL we refuse to fetch (scheme, private address)
     │   ├── SourceNotFound          the source image answered 4xx (404, 403, ...)
     │   ├── SourceTooLarge          the source exceeds the byte or pixel cap
-    │   └── BadImage                the bytes are not an image we can decode
+    │   ├── BadImage                the bytes are not an image we can decode
+    │   └── TooMuchInFlight         the user's jobs or images in flight are at their quota
+    │                               (HTTP 429 with ``retry_after``)
     ├── SourceUnavailable           the source host failed or timed out (transient)
     ├── ProviderError               the image provider said no or failed
     │   ├── RateLimited             429 rate limit; ``retry_after`` seconds if the server said
@@ -102,6 +104,15 @@ class SourceTooLarge(InputError):
 
 class BadImage(InputError):
     """The bytes could not be decoded as a supported image."""
+
+
+class TooMuchInFlight(InputError):
+    """A submission refused because the user already has their quota of work in flight;
+    ``retry_after`` is the suggested wait in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class SourceUnavailable(ImageStudioError):

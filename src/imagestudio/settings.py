@@ -33,9 +33,17 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     allow_private_urls: str = ""
     public_base_url: str | None = None
+    # With API tokens set, result URLs in answers are signed for this long (files route).
+    files_url_ttl_seconds: float = Field(default=3600.0, ge=60)
 
-    # Intake limits.
+    # Intake limits. A body over max_body_bytes is refused (413) as it streams in.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_images_per_job: int = Field(default=5000, ge=1)
+    # Per-user admission: a submission past either is refused (429, Retry-After).
+    max_jobs_in_flight: int = Field(default=100, ge=1)
+    max_images_in_flight: int = Field(default=100_000, ge=1)
+    quota_retry_after_seconds: float = Field(default=30.0, gt=0)
+    max_prompt_chars: int = Field(default=32_000, ge=1)  # each template and each built prompt
 
     # Worker behaviour.
     worker_concurrency: int = Field(default=16, ge=1)

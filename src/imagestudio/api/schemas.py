@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -225,7 +226,10 @@ def image_page_out(page: Page[ImageRecord], base: str) -> ImagePage:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-CURSOR_PATTERN = r"^\d{1,20}\.\d{1,20}$"
+CURSOR_PATTERN = r"^\d{1,18}\.\d{1,18}$"  # both parts fit in int64
+
+
+_EVENT_ID = re.compile(r"[0-9]{1,18}")
 
 
 def timeline_cursor(attempt: AttemptRecord) -> str:
@@ -234,10 +238,22 @@ def timeline_cursor(attempt: AttemptRecord) -> str:
     return f"{micros}.{attempt.id}"
 
 
-def parse_timeline_cursor(cursor: str) -> tuple[datetime, int]:
-    """``timeline_cursor`` back to ``(started_at, id)``; the route checks ``CURSOR_PATTERN``."""
+def parse_timeline_cursor(cursor: str) -> tuple[datetime, int] | None:
+    """``timeline_cursor`` back to ``(started_at, id)``; None when its time is past the year
+    9999 (the route checks ``CURSOR_PATTERN`` and answers 422)."""
     micros, _, attempt_id = cursor.partition(".")
-    return _EPOCH + timedelta(microseconds=int(micros)), int(attempt_id)
+    try:
+        return _EPOCH + timedelta(microseconds=int(micros)), int(attempt_id)
+    except OverflowError:
+        return None
+
+
+def last_event_id(header: str | None) -> int:
+    """The event id a reconnecting SSE client sends, or 0 (from the start) when the header
+    is missing or is not 1-18 ASCII digits (so it fits in int64): a bad id is ignored."""
+    if header is None or _EVENT_ID.fullmatch(header) is None:
+        return 0
+    return int(header)
 
 
 def attempt_out(attempt: AttemptRecord) -> AttemptOut:

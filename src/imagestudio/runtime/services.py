@@ -20,6 +20,7 @@ from imagestudio.jobs.intake import IntakeLimits
 from imagestudio.jobs.service import JobService
 from imagestudio.observability.metrics import Metrics
 from imagestudio.policy.governor import GovernorParams
+from imagestudio.policy.quota import Quota
 from imagestudio.policy.retry import RetryPolicy
 from imagestudio.runtime.memory import cap_malloc_arenas, release_freed_memory
 from imagestudio.scheduler.probe import NO_PROBE, Probe
@@ -135,7 +136,11 @@ async def open_services(
         store,
         storage,
         box,
-        limits=IntakeLimits(max_images=settings.max_images_per_job),
+        limits=IntakeLimits(
+            max_images=settings.max_images_per_job, max_prompt_chars=settings.max_prompt_chars
+        ),
+        quota=Quota(max_jobs=settings.max_jobs_in_flight, max_images=settings.max_images_in_flight),
+        quota_retry_after=settings.quota_retry_after_seconds,
         allow_list=settings.private_allow_list(),
         on_new_work=wakeup.set,
         release_memory=release_freed_memory,

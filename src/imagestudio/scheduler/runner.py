@@ -200,6 +200,18 @@ class ProviderPool:
             await provider.aclose()
 
 
+MAX_REPORTED = 256
+
+
+def _origin(exc: BaseException) -> tuple[str, str]:
+    """An exception's type and the place it was raised (its innermost frame)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    place = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+    return type(exc).__name__, place
+
+
 class TaskRunner:
     def __init__(
         self,
@@ -219,6 +231,7 @@ class TaskRunner:
         self.imaging = imaging or ThreadImaging()  # where decode/resize/encode run
         self.rng = rng or random.Random()
         self.probe = probe
+        self._reported: set[tuple[str, str]] = set()  # unexpected errors' (type, place) seen
 
     async def run(self, task: ClaimedTask, hooks: RunHooks | None = None) -> None:
         """Run one claimed task to a recorded outcome (see ``RunHooks`` for what the worker
@@ -248,9 +261,11 @@ class TaskRunner:
                 await self.storage.delete(outcome.result_key)
             return
         self.metrics.images_finished.labels(type(outcome).__name__.lower()).inc()
-        bound.info(
+        report = bound.warning if isinstance(outcome, Failed) else bound.info
+        report(
             "image finished",
             outcome=type(outcome).__name__.lower(),
+            error_kind=getattr(outcome, "error_kind", None),
             error=getattr(outcome, "error", None),
             job_status=status,
         )
@@ -334,7 +349,7 @@ class TaskRunner:
         )
         decision = decide(exc, state, self.config.policy, now=now, rng=self.rng)
         if not isinstance(exc, ImageStudioError):
-            log.exception("unexpected error in task", job_id=task.job.job_id, exc_info=exc)
+            self._report_unexpected(task, exc)
         if isinstance(decision, FailJob):
             return Failed(error=decision.reason, error_kind=error_kind(exc), fail_job=True)
         if isinstance(decision, FailImage):
@@ -346,6 +361,22 @@ class TaskRunner:
             wait_seconds=decision.delay,
             consumes_attempt=decision.consumes_attempt,
             billed_timeout=decision.billed_timeout,
+        )
+
+    def _report_unexpected(self, task: ClaimedTask, exc: BaseException) -> None:
+        """An error outside our tree is a bug: its traceback is logged the first time it is
+        raised from a place, later ones get one line (a broken deployment failing every
+        image would otherwise log one traceback per image)."""
+        origin = _origin(exc)
+        first = origin not in self._reported
+        if first and len(self._reported) < MAX_REPORTED:
+            self._reported.add(origin)
+        log.error(
+            "unexpected error in task" + ("" if first else " (traceback logged before)"),
+            job_id=task.job.job_id,
+            error_kind=type(exc).__name__,
+            cause=str(exc)[:300],
+            exc_info=exc if first else None,
         )
 
     async def _remove_older(self, task: ClaimedTask) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imagestudio.domain import TERMINAL_JOB_STATUSES, ImageStatus, JobSpec, JobStatus
 from imagestudio.errors import JobConflict, JobNotFound
-from imagestudio.policy.rollup import rollup_status
+from imagestudio.policy.rollup import failed_job_error, rollup_status
 from imagestudio.store import bulk, counts, governors
 from imagestudio.store.records import (
     AttemptRecord,
@@ -302,6 +302,8 @@ async def rollup(
     job_pk: str,
     now: datetime,
     moved: Mapping[str, int] | None = None,
+    *,
+    last_error: str | None = None,
     **changes: Any,
 ) -> str:
     """Roll the job up after a change to its images, in one UPDATE of its row.
@@ -310,6 +312,8 @@ async def rollup(
     shifts the counts (``store.counts``) in the same UPDATE, and the status comes from the
     counts after it (``policy.rollup``). ``changes`` are other columns to set with it
     (``cancel_requested``, ``error``). The ordered result URLs are rebuilt when ``urls_due``.
+    ``last_error`` is the error of the image that just failed: a job that ends ``failed``
+    without a job-level error gets one from it (``policy.rollup.failed_job_error``).
     A job that ends has its sealed key erased. Returns the new status.
 
     One UPDATE, not one per concern: on SQLite every UPDATE of a row rewrites the whole row,
@@ -327,11 +331,16 @@ async def rollup(
         started=job.status != JobStatus.QUEUED.value,
     )
     ended = status in TERMINAL_JOB_STATUSES
-    values: dict[str, Any] = changes | {
-        "status": status.value,
-        "updated_at": now,
-        "finished_at": now if ended else None,
-    }
+    summary = failed_job_error(status, after, last_error) if job.error is None else None
+    values: dict[str, Any] = (
+        ({"error": summary} if summary else {})
+        | changes
+        | {
+            "status": status.value,
+            "updated_at": now,
+            "finished_at": now if ended else None,
+        }
+    )
     for image_status, delta in moved.items():
         column = counts.COLUMNS[image_status]
         values[column] = getattr(ai_job.c, column) + delta
@@ -354,6 +363,7 @@ def _rollup_row(job_pk: str) -> Any:
         *(getattr(ai_job.c, column) for column in counts.COLUMNS.values()),
         ai_job.c.cancel_requested,
         ai_job.c.status,
+        ai_job.c.error,
         ai_job.c.total,
         ai_job.c.urls_refreshed_at,
     ).where(ai_job.c.id == job_pk)
