@@ -12,6 +12,7 @@ from imagestudio.security.netguard import (
     ensure_public_url,
     first_refused,
     is_address_allowed,
+    split_port,
 )
 
 REFUSED = [
@@ -91,9 +92,56 @@ def test_allow_list_opens_addresses_and_networks(
 
 def test_allow_list_parses_hosts_and_networks() -> None:
     allowed = AllowList.parse(["MinIO.Internal.", "10.0.0.0/8", "::1"])
-    assert allowed.hosts == frozenset({"minio.internal"})
+    assert allowed.hosts == frozenset({("minio.internal", None)})
     assert len(allowed.networks) == 2
     assert allowed.has_host("minio.internal")
+    assert allowed.has_host("minio.internal", 9000)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("127.0.0.2:19100", ("127.0.0.2", 19100)),
+        ("[::1]:8080", ("::1", 8080)),
+        ("[::1]", ("::1", None)),
+        ("::1", ("::1", None)),
+        ("minio.internal:9000", ("minio.internal", 9000)),
+        ("10.0.0.0/8", ("10.0.0.0/8", None)),
+        ("fd00::/8", ("fd00::/8", None)),
+    ],
+)
+def test_allow_list_entries_may_carry_a_port(entry: str, expected: tuple[str, int | None]) -> None:
+    assert split_port(entry) == expected
+
+
+@pytest.mark.parametrize("entry", ["127.0.0.2:http", "127.0.0.2:0", "host:70000", "[::1]:x"])
+def test_a_bad_port_in_the_allow_list_is_refused(entry: str) -> None:
+    with pytest.raises(ValueError, match="port"):
+        AllowList.parse([entry])
+
+
+@pytest.mark.parametrize(
+    ("address", "port", "expected"),
+    [
+        ("127.0.0.2", 19100, True),
+        ("127.0.0.2", 19101, False),
+        ("127.0.0.2", None, False),  # a port-limited entry needs the port to match
+        ("127.0.0.1", 19100, False),
+        ("10.1.2.3", 5, True),  # a network without a port: every port
+    ],
+)
+def test_a_port_limited_entry_matches_that_port_only(
+    address: str, port: int | None, expected: bool
+) -> None:
+    allowed = AllowList.parse(["127.0.0.2:19100", "10.0.0.0/8"])
+    assert is_address_allowed(address, allowed, port=port) is expected
+
+
+async def test_a_port_limited_host_name_matches_that_port_only() -> None:
+    allowed = AllowList.parse(["localhost:19100"])
+    await ensure_public_url("http://localhost:19100/v1", allowed)
+    with pytest.raises(UnsafeURL, match="port 19101"):
+        await ensure_public_url("http://localhost:19101/v1", allowed)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +198,7 @@ def test_every_resolved_address_is_checked(
 
 
 async def test_a_resolved_hostname_is_checked() -> None:
-    with pytest.raises(UnsafeURL, match="resolves to non-public address"):
+    with pytest.raises(UnsafeURL, match=r"resolves to .*, a non-public address"):
         await ensure_public_url("http://localhost/", ["10.0.0.0/8"])
     await ensure_public_url("http://localhost/", ["127.0.0.0/8", "::1"])
 

@@ -11,8 +11,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
-
 from imagestudio.domain import FILES_PATH
 from imagestudio.imaging.fetch import SourceFetcher
 from imagestudio.imaging.pool import ImagingExecutor, cpu_count, open_imaging
@@ -25,6 +23,7 @@ from imagestudio.scheduler.probe import NO_PROBE, Probe
 from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
 from imagestudio.scheduler.worker import Worker, WorkerConfig
 from imagestudio.security.crypto import SecretBox, load_or_create_key
+from imagestudio.security.http import Outbound, OutboundPolicy
 from imagestudio.settings import Settings
 from imagestudio.storage import open_storage
 from imagestudio.storage.base import ResultStorage
@@ -38,7 +37,7 @@ class Services:
     store: Store
     storage: ResultStorage
     box: SecretBox
-    http: httpx.AsyncClient
+    outbound: Outbound
     providers: ProviderPool
     runner: TaskRunner
     metrics: Metrics
@@ -103,13 +102,16 @@ async def open_services(
     )
     box = SecretBox(load_or_create_key(_secret(settings), settings.data_dir))
     storage = open_storage(settings.effective_storage_url)
-    http = httpx.AsyncClient(follow_redirects=False, timeout=settings.source_timeout_seconds)
+    # Every outbound request of this process (sources, provider calls, result URLs,
+    # webhooks) goes through this one guarded path (security.http).
+    http = Outbound(
+        OutboundPolicy.of(settings.private_allow_list()),
+        max_bytes=settings.source_max_bytes,
+        deadline=settings.source_timeout_seconds,
+    )
     providers = ProviderPool(box, store, settings.provider_timeout_seconds)
     fetcher = SourceFetcher(
-        http,
-        max_bytes=settings.source_max_bytes,
-        timeout=settings.source_timeout_seconds,
-        allow_list=settings.private_allow_list(),
+        http, max_bytes=settings.source_max_bytes, timeout=settings.source_timeout_seconds
     )
     metrics = Metrics()
     imaging = open_imaging(imaging_processes(settings))
