@@ -109,7 +109,13 @@ async def open_services(
         max_bytes=settings.source_max_bytes,
         deadline=settings.source_timeout_seconds,
     )
-    providers = ProviderPool(box, store, settings.provider_timeout_seconds)
+    config = RunnerConfig(
+        policy=retry_policy(settings),
+        max_pixels=settings.max_pixels,
+        provider_timeout=settings.provider_timeout_seconds,
+        files_url=files_url(settings),
+    )
+    providers = ProviderPool(box, store, config.provider_timeout, outbound=http)
     fetcher = SourceFetcher(
         http, max_bytes=settings.source_max_bytes, timeout=settings.source_timeout_seconds
     )
@@ -121,12 +127,7 @@ async def open_services(
         storage=storage,
         fetcher=fetcher,
         providers=providers,
-        config=RunnerConfig(
-            policy=retry_policy(settings),
-            max_pixels=settings.max_pixels,
-            provider_timeout=settings.provider_timeout_seconds,
-            files_url=files_url(settings),
-        ),
+        config=config,
         probe=probe,
         imaging=imaging,
     )

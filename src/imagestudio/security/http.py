@@ -205,7 +205,7 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         if declared.isdigit() and int(declared) > limit:
             await response.aclose()
             raise AnswerTooLarge(
-                f"answer of {size_text(int(declared))} declared ({declared} bytes), "
+                f"answer of {size_text(int(declared))} declared, "
                 f"over the cap of {size_text(limit)}",
                 limit=limit,
             )
@@ -296,11 +296,15 @@ class Outbound:
         )
         self._client = self.client()
 
-    def client(self, *, deadline: float | None = None) -> GuardedClient:
-        """A client over the shared guarded transport (closing it leaves the pool open)."""
+    def client(
+        self, *, deadline: float | None = None, max_bytes: int | None = None
+    ) -> GuardedClient:
+        """A client over the shared guarded transport (closing it leaves the pool open), its
+        requests held to ``deadline`` and ``max_bytes`` unless they say otherwise."""
         seconds = deadline or self.transport.deadline
+        defaults = {DEADLINE_KEY: seconds, MAX_BYTES_KEY: max_bytes or self.transport.max_bytes}
         return GuardedClient(
-            transport=_Borrowed(self.transport),
+            transport=_Borrowed(self.transport, defaults),
             follow_redirects=False,
             trust_env=False,
             timeout=httpx.Timeout(seconds),
@@ -375,10 +379,11 @@ def _without_credentials(headers: Mapping[str, str]) -> dict[str, str]:
 class _Borrowed(httpx.AsyncBaseTransport):
     """The shared transport, lent to a client: closing the client does not close the pool."""
 
-    def __init__(self, transport: GuardedTransport) -> None:
-        self._transport = transport
+    def __init__(self, transport: GuardedTransport, defaults: Mapping[str, Any]) -> None:
+        self._transport, self._defaults = transport, dict(defaults)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        request.extensions = {**self._defaults, **request.extensions}
         return await self._transport.handle_async_request(request)
 
     async def aclose(self) -> None:
