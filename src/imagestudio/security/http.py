@@ -388,3 +388,33 @@ class _Borrowed(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         return None
+
+
+WEBHOOK_MAX_BYTES = 64 * 1024  # a receiver's answer is read, not kept: a small cap
+WEBHOOK_DEADLINE = 10.0
+
+
+async def send_webhook(
+    outbound: Outbound,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    deadline: float = WEBHOOK_DEADLINE,
+) -> Answer:
+    """POST one webhook delivery through the guarded path and return the receiver's answer.
+
+    The receiver's address is checked at connect like every other (a webhook URL is user
+    input), its answer is capped at ``WEBHOOK_MAX_BYTES`` and the whole exchange at
+    ``deadline`` seconds. A redirect is followed only when it is a 307/308 to the same origin;
+    any other comes back as the answer (a 3xx), the body never re-sent to another host.
+    Raises ``UnsafeURL``, ``AnswerTooLarge``, ``DeadlineExceeded`` or an ``httpx.HTTPError``.
+    """
+    return await outbound.request(
+        "POST",
+        url,
+        content=body,
+        headers={"content-type": "application/json", **headers},
+        max_bytes=WEBHOOK_MAX_BYTES,
+        deadline=deadline,
+    )
