@@ -289,10 +289,15 @@ class Outbound:
         max_bytes: int = 64 * _MB,
         deadline: float = 30.0,
         backend: httpcore.AsyncNetworkBackend | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.policy = policy
         self.transport = GuardedTransport(
-            policy, max_bytes=max_bytes, deadline=deadline, backend=backend
+            policy,
+            max_bytes=max_bytes,
+            deadline=deadline,
+            backend=backend,
+            ssl_context=ssl_context,
         )
         self._client = self.client()
 
