@@ -1,0 +1,81 @@
+"""The guarded path end to end: jobs through the real store, worker and fake provider, on
+SQLite and PostgreSQL, whose provider answers point at loopback canaries.
+
+Only the fake's own port is allow-listed (``127.0.0.1:<port>``): a result URL on another port
+of 127.0.0.1, or on 127.0.0.2, must fail the image with words that say why, after 0
+connections to the canaries, and the provider's redirect must not carry the form away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from imagestudio.cli.background_server import BackgroundServer
+from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
+from imagestudio.runtime.services import Services, open_services
+from testkit.canary import Canary
+from testkit.payloads import batch_payload
+from tests.conftest import make_settings
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[BackgroundServer]:
+    app = create_fake_provider_app(FakeProviderConfig(latency_ms=0, render_size=64))
+    with BackgroundServer(app) as server:
+        yield server
+
+
+@pytest.fixture
+def canaries() -> Iterator[tuple[Canary, Canary]]:
+    with Canary("127.0.0.1") as near, Canary("127.0.0.2") as far:
+        yield near, far
+    assert (near.connections, far.connections) == (0, 0)
+
+
+@pytest.fixture
+async def guarded(tmp_path: Path, db_url: str, fake: BackgroundServer) -> AsyncIterator[Services]:
+    settings = make_settings(tmp_path, db_url, allow_private_urls=f"127.0.0.1:{fake.port}")
+    async with open_services(settings) as services:
+        yield services
+
+
+def _payload(fake: BackgroundServer, job_id: str, trigger: str) -> dict[str, object]:
+    templates = {"common_cn": f"on white marble {trigger}", "common_en": trigger}
+    return batch_payload(
+        fake.url, job_id, images_per_sku=(1,), size=64, options={"prompt_templates": templates}
+    )
+
+
+@pytest.mark.parametrize("where", ["near", "far"])
+async def test_a_result_url_on_a_canary_fails_the_image_with_0_connections(
+    guarded: Services, fake: BackgroundServer, canaries: tuple[Canary, Canary], where: str
+) -> None:
+    canary = canaries[0] if where == "near" else canaries[1]
+    trigger = f"[[url:at:{canary.host}:{canary.port}]]"
+    await guarded.jobs.submit(_payload(fake, f"url-{where}", trigger), None)
+    await guarded.worker(2).run_until_idle()
+    progress = await guarded.store.progress(None, f"url-{where}")
+    assert progress.job.status == "failed"
+    (image,) = await guarded.store.images(progress.job.id)
+    assert image.error is not None
+    assert "provider answered an image URL we refuse" in image.error
+    assert f"{canary.host}' (port {canary.port})" in image.error
+    assert image.attempts == 1  # refused is permanent: not retried
+
+
+async def test_a_provider_redirect_to_a_canary_is_not_followed(
+    guarded: Services, fake: BackgroundServer, canaries: tuple[Canary, Canary]
+) -> None:
+    near, _ = canaries
+    trigger = f"[[redirect:307:{near.host}:{near.port}]]"
+    await guarded.jobs.submit(_payload(fake, "redirect", trigger), None)
+    await guarded.worker(2).run_until_idle()
+    progress = await guarded.store.progress(None, "redirect")
+    (image,) = await guarded.store.images(progress.job.id)
+    assert image.status == "failed"
+    assert image.error is not None
+    assert f"provider redirected (307) to {near.url}/redirected/v1/images/edits" in image.error
+    assert "not followed" in image.error
