@@ -18,7 +18,7 @@ from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_
 from imagestudio.runtime.services import Services, open_services
 from testkit.canary import Canary
 from testkit.payloads import batch_payload
-from tests.conftest import make_settings
+from testkit.settings import loopback_settings
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,13 @@ def canaries() -> Iterator[tuple[Canary, Canary]]:
 
 @pytest.fixture
 async def guarded(tmp_path: Path, db_url: str, fake: BackgroundServer) -> AsyncIterator[Services]:
-    settings = make_settings(tmp_path, db_url, allow_private_urls=f"127.0.0.1:{fake.port}")
+    settings = loopback_settings(
+        tmp_path / "data",
+        db_url,
+        allow_private_urls=f"127.0.0.1:{fake.port}",  # the fake's port only
+        poll_interval=0.05,
+        backoff_base_seconds=0.05,
+    )
     async with open_services(settings) as services:
         yield services
 
