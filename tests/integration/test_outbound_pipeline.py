@@ -85,3 +85,23 @@ async def test_a_provider_redirect_to_a_canary_is_not_followed(
     assert image.error is not None
     assert f"provider redirected (307) to {near.url}/redirected/v1/images/edits" in image.error
     assert "not followed" in image.error
+
+
+async def test_the_answer_cap_setting_reaches_the_provider_calls(
+    tmp_path: Path, db_url: str, fake: BackgroundServer
+) -> None:
+    settings = loopback_settings(
+        tmp_path / "data",
+        db_url,
+        allow_private_urls=f"127.0.0.1:{fake.port}",
+        provider_max_answer_bytes=512 * 1024,
+        max_attempts=1,
+    )
+    async with open_services(settings) as services:
+        await services.jobs.submit(_payload(fake, "big", "[[big:1]]"), None)
+        await services.worker(1).run_until_idle()
+        progress = await services.store.progress(None, "big")
+        (image,) = await services.store.images(progress.job.id)
+    assert image.status == "failed"
+    assert image.error is not None
+    assert "provider's answer of 1.3 MB declared, over the cap of 524288 bytes" in image.error

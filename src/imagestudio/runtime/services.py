@@ -115,7 +115,13 @@ async def open_services(
         provider_timeout=settings.provider_timeout_seconds,
         files_url=files_url(settings),
     )
-    providers = ProviderPool(box, store, config.provider_timeout, outbound=http)
+    providers = ProviderPool(
+        box,
+        store,
+        config.provider_timeout,
+        outbound=http,
+        max_answer_bytes=settings.provider_max_answer_bytes,
+    )
     fetcher = SourceFetcher(
         http, max_bytes=settings.source_max_bytes, timeout=settings.source_timeout_seconds
     )

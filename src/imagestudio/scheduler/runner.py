@@ -41,7 +41,12 @@ from imagestudio.policy.retry import (
     error_kind,
     run_after,
 )
-from imagestudio.providers.base import ImageProvider, ImageRequest, ProviderConfig
+from imagestudio.providers.base import (
+    MAX_ANSWER_BYTES,
+    ImageProvider,
+    ImageRequest,
+    ProviderConfig,
+)
 from imagestudio.providers.registry import make_provider, provider_size
 from imagestudio.scheduler.probe import NO_PROBE, Probe, Stage, timed
 from imagestudio.security.crypto import SecretBox
@@ -140,9 +145,11 @@ class ProviderPool:
         size: int = 64,
         *,
         outbound: Outbound,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self._box, self._store, self._timeout, self._size = box, store, timeout, size
         self._outbound = outbound  # every client's requests go through the guarded path
+        self._max_answer_bytes = max_answer_bytes
         self._providers: OrderedDict[str, ImageProvider] = OrderedDict()
         self._users: Counter[int] = Counter()  # tasks holding each client, by id()
         self._evicted: dict[int, ImageProvider] = {}
@@ -186,6 +193,7 @@ class ProviderPool:
             model=job.model,
             api_style=job.api_style,
             timeout_seconds=self._timeout,
+            max_answer_bytes=self._max_answer_bytes,
         )
         self._providers[key] = make_provider(config, outbound=self._outbound)
         if len(self._providers) > self._size:
