@@ -20,16 +20,16 @@ and ``DeadlineExceeded`` (``errors.OutboundLimit``), which each caller maps to i
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpcore
 import httpx
 
-from imagestudio.errors import AnswerTooLarge, DeadlineExceeded, UnsafeURL
+from imagestudio.errors import AnswerTooLarge, UnsafeURL
+from imagestudio.security.limits import CappedStream, Deadline, size_text
 from imagestudio.security.netguard import (
     AllowList,
     Resolver,
@@ -44,12 +44,8 @@ DEADLINE_KEY = "imagestudio.deadline"
 _MB = 1024 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
-LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-
-
-def size_text(size: int) -> str:
-    """``"812 bytes"`` under a megabyte, else ``"12.3 MB"``."""
-    return f"{size} bytes" if size < _MB else f"{size / _MB:.1f} MB"
+# One pool for the whole process (sources, every provider client): the SDK's own defaults.
+LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,71 +102,6 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-class CappedStream(httpx.AsyncByteStream):
-    """An answer's body that stops at ``limit`` bytes and at the request's deadline."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, limit: int, deadline: _Deadline) -> None:
-        self._inner, self._limit, self._deadline = inner, limit, deadline
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        size = 0
-        chunks = self._inner.__aiter__()
-        while True:
-            try:
-                async with self._deadline.bound():
-                    chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                return
-            size += len(chunk)
-            if size > self._limit:
-                raise AnswerTooLarge(
-                    f"answer over the cap of {size_text(self._limit)} "
-                    f"(stopped reading at {size} bytes)",
-                    limit=self._limit,
-                )
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-@dataclass(slots=True)
-class _Deadline:
-    """One request's total deadline, on the event loop's clock."""
-
-    seconds: float
-    at: float
-
-    @classmethod
-    def start(cls, seconds: float) -> _Deadline:
-        return cls(seconds, asyncio.get_running_loop().time() + seconds)
-
-    def bound(self) -> _DeadlineScope:
-        return _DeadlineScope(self)
-
-
-class _DeadlineScope:
-    """``async with deadline.bound():`` raises ``DeadlineExceeded`` when the time is up."""
-
-    def __init__(self, deadline: _Deadline) -> None:
-        self._deadline = deadline
-        self._timeout = asyncio.timeout_at(deadline.at)
-
-    async def __aenter__(self) -> None:
-        await self._timeout.__aenter__()
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            await self._timeout.__aexit__(exc_type, exc, tb)
-        except TimeoutError:
-            if not self._timeout.expired():
-                raise
-            limit = self._deadline.seconds
-            raise DeadlineExceeded(
-                f"not done within the total deadline of {limit:g} s", seconds=limit
-            ) from None
-
-
 class GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport over ``GuardedBackend``, with a deadline and a byte cap per request
     (the defaults here; a request may lower or raise them with its extensions)."""
@@ -198,7 +129,7 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host_and_port(str(request.url))  # the scheme and host, before anything is sent
         limit = int(request.extensions.get(MAX_BYTES_KEY, self.max_bytes))
-        deadline = _Deadline.start(float(request.extensions.get(DEADLINE_KEY, self.deadline)))
+        deadline = Deadline.start(float(request.extensions.get(DEADLINE_KEY, self.deadline)))
         async with deadline.bound():
             response = await super().handle_async_request(request)
         declared = response.headers.get("content-length", "")
@@ -329,7 +260,7 @@ class Outbound:
         """One request under the policy, ``deadline`` seconds in all (redirects included),
         the body read under ``max_bytes``; redirects followed by ``redirect_step``."""
         seconds = deadline or self.transport.deadline
-        async with _Deadline.start(seconds).bound():
+        async with Deadline.start(seconds).bound():
             return await self._follow(
                 method, url, content, dict(headers or {}), max_bytes, seconds, max_redirects
             )
