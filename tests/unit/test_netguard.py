@@ -9,6 +9,7 @@ import pytest
 from imagestudio.errors import SourceUnavailable, UnsafeURL
 from imagestudio.security.netguard import (
     AllowList,
+    checked_addresses,
     ensure_public_url,
     first_refused,
     is_address_allowed,
@@ -206,3 +207,50 @@ async def test_a_resolved_hostname_is_checked() -> None:
 async def test_unresolvable_host_is_unavailable() -> None:
     with pytest.raises(SourceUnavailable, match="cannot resolve"):
         await ensure_public_url("http://no-such-host.invalid/a.png", [])
+
+
+class Resolver:
+    """A resolver that answers from a table and logs what it was asked."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+        self.asked: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        return self.table.get(host, [])
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "allow", "table", "expected"),
+    [
+        ("cdn.test", 443, [], {"cdn.test": ["8.8.8.8", "1.1.1.1"]}, ["8.8.8.8", "1.1.1.1"]),
+        ("8.8.8.8", 80, [], {}, ["8.8.8.8"]),  # a literal is not resolved
+        ("127.0.0.2", 19100, ["127.0.0.2:19100"], {}, ["127.0.0.2"]),
+        ("minio.test", 9000, ["minio.test:9000"], {"minio.test": ["10.0.0.5"]}, ["10.0.0.5"]),
+        ("MinIO.Test.", 9000, ["minio.test"], {"minio.test": ["10.0.0.5"]}, ["10.0.0.5"]),
+    ],
+)
+async def test_checked_addresses_are_what_a_connection_may_use(
+    host: str, port: int, allow: list[str], table: dict[str, list[str]], expected: list[str]
+) -> None:
+    resolver = Resolver(table)
+    assert await checked_addresses(host, port, allow, resolver) == expected
+    assert resolver.asked == ([] if not table else [host.lower().rstrip(".")])
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "allow", "table", "reason"),
+    [
+        ("cdn.test", 443, [], {"cdn.test": ["8.8.8.8", "10.0.0.1"]}, "resolves to 10.0.0.1"),
+        ("minio.test", 9001, ["minio.test:9000"], {"minio.test": ["10.0.0.5"]}, "port 9001"),
+        ("127.0.0.2", 19101, ["127.0.0.2:19100"], {}, "'127.0.0.2' (port 19101): it is a"),
+        ("void.test", 80, [], {}, "has no address"),
+        ("::1", 80, [], {}, "'::1'"),
+    ],
+)
+async def test_checked_addresses_refuse_with_the_reason(
+    host: str, port: int, allow: list[str], table: dict[str, list[str]], reason: str
+) -> None:
+    with pytest.raises(UnsafeURL, match=re.escape(reason)):
+        await checked_addresses(host, port, allow, Resolver(table))
