@@ -11,6 +11,8 @@ meets them, with ``raise Mapped(...) from exc`` so the cause is kept.
     │   ├── JobNotFound             no such job for this user (HTTP 404)
     │   ├── ApiKeyRequired          a retry of an ended job must bring the key again (HTTP 422)
     │   ├── UnsafeURL               a URL we refuse to fetch (scheme, private address)
+    │   │   └── ApiBaseRefused      the job's api_base now leads to a refused address (fatal
+    │   │                           for the job: every image would meet it)
     │   ├── SourceNotFound          the source image answered 4xx (404, 403, ...)
     │   ├── SourceTooLarge          the source exceeds the byte or pixel cap
     │   └── BadImage                the bytes are not an image we can decode
@@ -93,6 +95,11 @@ class ApiKeyRequired(InputError):
 
 class UnsafeURL(InputError):
     """A URL we refuse to fetch: bad scheme, or a private/loopback/metadata address."""
+
+
+class ApiBaseRefused(UnsafeURL):
+    """The provider's ``api_base`` was refused when a call connected (it resolves to a
+    private or loopback address now, as a rebinding name does): the whole job would meet it."""
 
 
 class SourceNotFound(InputError):

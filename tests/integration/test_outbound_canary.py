@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.domain import SourceFile
-from imagestudio.errors import ProviderBadRequest, SourceNotFound, UnsafeURL
+from imagestudio.errors import ApiBaseRefused, ProviderBadRequest, SourceNotFound, UnsafeURL
 from imagestudio.imaging.fetch import SourceFetcher
 from imagestudio.providers.base import ImageRequest, ProviderConfig
 from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
@@ -190,7 +190,7 @@ async def test_a_hostile_api_base_reaches_no_canary(
     rig: Rig, outbound: Outbound, api_base: str
 ) -> None:
     url = api_base.format(f=rig.fake.port, q=rig.canary2.port)
-    with pytest.raises(UnsafeURL, match="non-public address"):
+    with pytest.raises(ApiBaseRefused, match=r"provider's api_base: refused host .*non-public"):
         await _generate(outbound, url, "a mug")
 
 
@@ -199,7 +199,7 @@ async def test_an_api_base_rebinding_after_submission_never_gets_the_key(
 ) -> None:
     api_base = f"http://{REBIND}:{rig.fake.port}/v1"
     await ensure_public_url(api_base, rig.allow_list, resolver)  # intake: 127.0.0.2, fine
-    with pytest.raises(UnsafeURL, match=r"resolves to 127\.0\.0\.1"):
+    with pytest.raises(ApiBaseRefused, match=r"resolves to 127\.0\.0\.1"):
         await _generate(outbound, api_base, "a mug")
     assert all(KEY.encode() not in data for data in rig.canary.received)
 

@@ -12,6 +12,7 @@ from imagestudio import errors
 from imagestudio.domain import ImageStatus, JobStatus
 from imagestudio.errors import (
     AnswerTooLarge,
+    ApiBaseRefused,
     ApiKeyRequired,
     AuthFailed,
     BadImage,
@@ -112,6 +113,7 @@ PERMANENT: list[BaseException] = [
 JOB_FATAL: list[BaseException] = [
     AuthFailed("Incorrect API key provided", status_code=401),
     QuotaExhausted("You exceeded your current quota", status_code=429),
+    ApiBaseRefused("refused to connect to the provider's api_base: 127.0.0.1"),
 ]
 
 

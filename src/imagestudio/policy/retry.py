@@ -12,8 +12,9 @@ transient   RateLimited, ProviderUnavailable, ProviderTimeout, NoImageReturned,
 permanent   ContentRejected, ProviderBadRequest, SourceNotFound, SourceTooLarge,
             BadImage, UnsafeURL, AnswerTooLarge (over an outbound byte cap: the same
             request gets the same answer) -> the image fails now with the cleaned message.
-job-fatal   AuthFailed, QuotaExhausted -> the job stops; its queued images fail with
-            the same reason without calling the provider.
+job-fatal   AuthFailed, QuotaExhausted, ApiBaseRefused (the api_base now resolves to a
+            refused address) -> the job stops; its queued images fail with the same
+            reason without calling the provider.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from datetime import datetime, timedelta
 
 from imagestudio.errors import (
     AnswerTooLarge,
+    ApiBaseRefused,
     AuthFailed,
     ContentRejected,
     ImageStudioError,
@@ -100,7 +102,7 @@ def decide(
     rng: random.Random,
 ) -> Decision:
     """Retry, fail the image, or fail the job, for ``error`` raised by the attempt."""
-    if isinstance(error, AuthFailed | QuotaExhausted):
+    if isinstance(error, AuthFailed | QuotaExhausted | ApiBaseRefused):
         return FailJob(describe(error))
     if isinstance(error, InputError | ContentRejected | ProviderBadRequest | AnswerTooLarge):
         return FailImage(describe(error))

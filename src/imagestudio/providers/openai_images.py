@@ -16,7 +16,8 @@ import asyncio
 import base64
 import binascii
 import re
-from typing import Any, cast
+from collections.abc import Awaitable
+from typing import Any, TypeVar, cast
 
 import httpx
 import httpx2
@@ -24,6 +25,7 @@ from openai import AsyncOpenAI
 
 from imagestudio.errors import (
     AnswerTooLarge,
+    ApiBaseRefused,
     DeadlineExceeded,
     NoImageReturned,
     ProviderError,
@@ -41,6 +43,7 @@ HttpClient = httpx2.AsyncClient | httpx.AsyncClient
 service never injects one: it gives the adapter its guarded ``Outbound``."""
 
 MAX_DOWNLOAD_BYTES = MAX_ANSWER_BYTES
+T = TypeVar("T")
 _MB = 1024 * 1024
 _MAGIC: tuple[bytes, ...] = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
 _DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,([A-Za-z0-9+/=\s_-]+)", re.IGNORECASE)
@@ -123,6 +126,14 @@ class OpenAIClientBase:
             raise self._timed_out() from exc
         except MAPPED_EXCEPTIONS as exc:
             raise self._mapped(exc) from exc
+
+    async def _sdk(self, call: Awaitable[T]) -> T:
+        """An SDK call: a refused connection there is the ``api_base``'s, job-wide."""
+        try:
+            return await call
+        except UnsafeURL as exc:
+            message = self._scrub(f"refused to connect to the provider's api_base: {exc}")
+            raise ApiBaseRefused(message) from exc
 
     def _timed_out(self) -> ProviderTimeout:
         limit = self.config.timeout_seconds
@@ -234,9 +245,9 @@ class OpenAIImagesProvider(OpenAIClientBase):
         images = self._client.images.with_raw_response  # the headers carry rate limits
         if source is not None:
             image = (source.filename, source.data, source.mime)
-            raw = await images.edit(image=image, **params)
+            raw = await self._sdk(images.edit(image=image, **params))
         else:
-            raw = await images.generate(**params)
+            raw = await self._sdk(images.generate(**params))
         data = getattr(self.parsed(raw), "data", None)
         if data is None:
             raise NoImageReturned("provider answered 200 without a data list")
