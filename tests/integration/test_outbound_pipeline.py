@@ -16,7 +16,8 @@ import pytest
 from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
 from imagestudio.runtime.services import Services, open_services
-from testkit.canary import Canary
+from imagestudio.security.netguard import system_resolve
+from testkit.canary import Canary, ScriptedResolver, shared_port
 from testkit.payloads import batch_payload
 from testkit.settings import loopback_settings
 
@@ -105,3 +106,34 @@ async def test_the_answer_cap_setting_reaches_the_provider_calls(
     assert image.status == "failed"
     assert image.error is not None
     assert "provider's answer of 1.3 MB declared, over the cap of 524288 bytes" in image.error
+
+
+async def test_an_api_base_rebinding_after_submission_stops_the_job_with_0_connections(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The issue's rebinding case end to end: a name that resolved to the allowed provider at
+    submission and to a canary afterwards got 4 POSTs with the key; now the first call's
+    connect is refused, the job stops with one error, and the canary saw nothing."""
+    port = shared_port("127.0.0.1", "127.0.0.2")
+    app = create_fake_provider_app(FakeProviderConfig(latency_ms=0, render_size=64))
+    resolver = ScriptedResolver({"provider.test": [["127.0.0.1"], ["127.0.0.2"]]}, system_resolve)
+    settings = loopback_settings(
+        tmp_path / "data", db_url, allow_private_urls=f"127.0.0.1:{port}", poll_interval=0.05
+    )
+    with BackgroundServer(app, port=port) as fake, Canary("127.0.0.2", port) as canary:
+        payload = batch_payload(fake.url, "rebind", images_per_sku=(2, 1), size=64)
+        payload["options"]["api_base"] = f"http://provider.test:{port}/v1"  # type: ignore[index]
+        async with open_services(settings, resolver=resolver) as services:
+            await services.jobs.submit(payload, None)  # the check sees 127.0.0.1: accepted
+            await services.worker(2).run_until_idle()
+            progress = await services.store.progress(None, "rebind")
+            images = await services.store.images(progress.job.id)
+    assert canary.connections == 0
+    assert progress.job.status == "failed"
+    assert progress.job.error is not None
+    assert "refused to connect to the provider's api_base" in progress.job.error
+    assert "resolves to 127.0.0.2" in progress.job.error
+    assert [image.status for image in images] == ["failed"] * 3
+    # Only the calls already started when the first was refused tried (2 workers); the
+    # third image failed with the job, never tried.
+    assert sum(image.attempts for image in images) <= 2

@@ -21,7 +21,7 @@ from imagestudio.jobs.intake import (
     release_freed_memory,
 )
 from imagestudio.security.crypto import SecretBox
-from imagestudio.security.netguard import ensure_public_url
+from imagestudio.security.netguard import Resolver, ensure_public_url, system_resolve
 from imagestudio.storage import ResultStorage, sweep
 from imagestudio.store.records import JobProgress, JobRecord
 from imagestudio.store.store import Store
@@ -62,10 +62,12 @@ class JobService:
         *,
         limits: IntakeLimits,
         allow_list: Sequence[str] = (),
+        resolver: Resolver = system_resolve,
         on_new_work: Callable[[], None] = _nothing,
     ) -> None:
         self.store, self.storage, self.box = store, storage, box
         self.limits, self.allow_list, self.on_new_work = limits, list(allow_list), on_new_work
+        self.resolver = resolver  # the submission check's (the connect-time check is Outbound's)
 
     async def submit(self, raw: bytes | dict[str, Any], user: str | None) -> Submitted:
         """Validate, check the provider URL, seal the key and write the job once.
@@ -78,7 +80,7 @@ class JobService:
         # so in-process workers keep their heartbeats and other requests their answers.
         spec = await asyncio.to_thread(self._spec, raw, user)
         try:
-            await ensure_public_url(spec.provider.api_base, self.allow_list)
+            await ensure_public_url(spec.provider.api_base, self.allow_list, self.resolver)
         except UnsafeURL as exc:
             raise PayloadInvalid("options.api_base", exc.message) from exc
         result = await self.store.submit(spec, self.box.seal(spec.api_key))

@@ -24,6 +24,7 @@ from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
 from imagestudio.scheduler.worker import Worker, WorkerConfig
 from imagestudio.security.crypto import SecretBox, load_or_create_key
 from imagestudio.security.http import Outbound, OutboundPolicy
+from imagestudio.security.netguard import Resolver, system_resolve
 from imagestudio.settings import Settings
 from imagestudio.storage import open_storage
 from imagestudio.storage.base import ResultStorage
@@ -87,10 +88,15 @@ def files_url(settings: Settings) -> str:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: Settings, *, migrate: bool = True, probe: Probe = NO_PROBE
+    settings: Settings,
+    *,
+    migrate: bool = True,
+    probe: Probe = NO_PROBE,
+    resolver: Resolver = system_resolve,
 ) -> AsyncIterator[Services]:
     """Everything a process needs, closed in order when the block ends. ``probe`` sees the
-    workers' steps and governor moves (benchmarks, tests)."""
+    workers' steps and governor moves (benchmarks, tests); ``resolver`` answers every DNS
+    lookup of the submission check and of the guarded path (tests make names rebind)."""
     url = settings.effective_database_url
     if migrate:
         await migrate_async(url)
@@ -105,7 +111,7 @@ async def open_services(
     # Every outbound request of this process (sources, provider calls, result URLs,
     # webhooks) goes through this one guarded path (security.http).
     http = Outbound(
-        OutboundPolicy.of(settings.private_allow_list()),
+        OutboundPolicy.of(settings.private_allow_list(), resolver),
         max_bytes=settings.source_max_bytes,
         deadline=settings.source_timeout_seconds,
     )
@@ -144,6 +150,7 @@ async def open_services(
         box,
         limits=IntakeLimits(max_images=settings.max_images_per_job),
         allow_list=settings.private_allow_list(),
+        resolver=resolver,
         on_new_work=wakeup.set,
     )
     try:
