@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.errors import AnswerTooLarge, DeadlineExceeded, UnsafeURL
-from imagestudio.security.http import Outbound, OutboundPolicy
+from imagestudio.security.http import Outbound, OutboundPolicy, send_webhook
 from imagestudio.security.netguard import system_resolve
 from testkit.canary import Canary, ScriptedResolver, shared_port
 
@@ -55,7 +55,7 @@ async def redirect(request: Request) -> Response:
 APP = Starlette(
     routes=[
         Route("/stall", stalls_after_headers),
-        Route("/late", late_headers),
+        Route("/late", late_headers, methods=["GET", "POST"]),
         Route("/echo", echo, methods=["GET", "POST"]),
         Route("/redirect", redirect, methods=["GET", "POST"]),
     ]
@@ -229,3 +229,25 @@ async def test_at_most_three_redirects_are_followed(
     answer = await outbound.request("GET", url)
     assert answer.status == 302
     assert len(answer.redirects) == 3
+
+
+# ---------------------------------------------------------------------------- webhooks
+
+
+async def test_a_webhook_is_posted_with_its_headers(
+    servers: tuple[BackgroundServer, BackgroundServer], outbound: Outbound
+) -> None:
+    answer = await send_webhook(
+        outbound, f"{servers[0].url}/echo", b'{"type":"job.finished"}', {"webhook-id": "m1"}
+    )
+    assert answer.status == 200
+    assert json.loads(answer.body)["body"] == '{"type":"job.finished"}'
+
+
+async def test_a_webhook_receivers_answer_is_capped_and_timed(
+    servers: tuple[BackgroundServer, BackgroundServer], outbound: Outbound
+) -> None:
+    with pytest.raises(AnswerTooLarge, match="over the cap of 65536 bytes"):
+        await send_webhook(outbound, f"{servers[0].url}/echo", b"x" * 70_000, {})
+    with pytest.raises(DeadlineExceeded, match=r"total deadline of 0\.3 s"):
+        await send_webhook(outbound, f"{servers[0].url}/late", b"{}", {}, deadline=0.3)
