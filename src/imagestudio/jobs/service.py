@@ -23,7 +23,7 @@ from imagestudio.errors import (
 from imagestudio.jobs.intake import IntakeLimits, build_job_spec, gc_paused, parse_payload
 from imagestudio.policy.quota import Quota, refusal
 from imagestudio.security.crypto import SecretBox
-from imagestudio.security.netguard import ensure_public_url
+from imagestudio.security.netguard import Resolver, ensure_public_url, system_resolve
 from imagestudio.security.redact import redact
 from imagestudio.storage import ResultStorage, sweep
 from imagestudio.store.records import JobProgress, JobRecord
@@ -68,6 +68,7 @@ class JobService:
         quota: Quota | None = None,
         quota_retry_after: float = 30.0,
         allow_list: Sequence[str] = (),
+        resolver: Resolver = system_resolve,
         on_new_work: Callable[[], None] = _nothing,
         release_memory: Callable[[], None] = _nothing,
     ) -> None:
@@ -75,6 +76,7 @@ class JobService:
         self.limits, self.allow_list, self.on_new_work = limits, list(allow_list), on_new_work
         self.release_memory = release_memory
         self.quota, self.quota_retry_after = quota or Quota(), quota_retry_after
+        self.resolver = resolver  # the submission check's (the connect-time check is Outbound's)
 
     async def submit(self, raw: bytes | dict[str, Any], user: str | None) -> Submitted:
         """Validate, check the provider URL, seal the key and write the job once.
@@ -87,7 +89,7 @@ class JobService:
         # so in-process workers keep their heartbeats and other requests their answers.
         spec = await asyncio.to_thread(self._spec, raw, user)
         try:
-            await ensure_public_url(spec.provider.api_base, self.allow_list)
+            await ensure_public_url(spec.provider.api_base, self.allow_list, self.resolver)
         except (UnsafeURL, SourceUnavailable) as exc:  # refused, or its name did not resolve
             raise PayloadInvalid("options.api_base", redact(exc.message)) from exc
         await self._admit(spec)
