@@ -79,6 +79,13 @@ class GovernorState:
     rate_limited: int = 0
     pinned_window: float | None = None
     pinned_rate: float | None = None
+    cooldown_cause: str | None = None  # what set ``cooldown_until``, for the job's answer
+    # What tells a concurrency limit from a rate limit (policy.limits): since the last
+    # decrease, the most calls in flight and the most starts in the last ``starts_window``
+    # seconds that a call succeeded with.
+    ok_in_flight: float | None = None
+    ok_starts: float | None = None
+    starts_window: float | None = None
 
     @property
     def effective_window(self) -> float:
@@ -119,6 +126,22 @@ class Observation:
     rate: RateInfo | None = None
     in_flight: int | None = None  # the key's running tasks when the call ended, this one too
     limit: LimitKind | None = None  # which limit a 429 says it hit, when it says
+    wait_cause: str | None = None  # the header ``retry_after`` came from
+
+
+LONG_COOLDOWN = 30.0  # a cooldown longer than this is logged with its cause
+
+
+def long_cooldown(state: GovernorState, obs: Observation) -> float | None:
+    """The seconds of cooldown ``obs`` asked for, when longer than ``LONG_COOLDOWN`` and
+    in force in ``state`` (the state after it), else None: the runner logs those, with
+    ``state.cooldown_cause``."""
+    asked = obs.retry_after or 0.0
+    info = obs.rate
+    if info is not None and info.remaining_requests == 0 and info.reset_requests is not None:
+        asked = max(asked, info.reset_requests)
+    wait = state.cooldown_until - obs.now
+    return wait if asked > LONG_COOLDOWN and wait > LONG_COOLDOWN else None
 
 
 def observe(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
@@ -142,11 +165,16 @@ def _from_headers(state: GovernorState, obs: Observation, params: GovernorParams
             None if per_minute >= UNLIMITED_REQUESTS else per_minute / 60 * params.header_rate_share
         )
         learned = None  # the provider said it: nothing to learn
-    cooldown = state.cooldown_until
+    cooldown, cause = state.cooldown_until, state.cooldown_cause
     if info.remaining_requests == 0 and info.reset_requests is not None:
         next_slot = 60 / info.limit_requests if info.limit_requests else info.reset_requests
-        cooldown = max(cooldown, obs.now + min(info.reset_requests, next_slot))
-    return dataclasses.replace(state, rate=rate, rate_ceiling=learned, cooldown_until=cooldown)
+        until = obs.now + min(info.reset_requests, next_slot)
+        if until > cooldown:
+            cooldown = until
+            cause = f"no requests remaining; reset in {min(info.reset_requests, next_slot):g} s"
+    return dataclasses.replace(
+        state, rate=rate, rate_ceiling=learned, cooldown_until=cooldown, cooldown_cause=cause
+    )
 
 
 def _on_success(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
@@ -231,10 +259,16 @@ def limit_hit(state: GovernorState, obs: Observation) -> LimitKind:
 def _on_rate_limited(
     state: GovernorState, obs: Observation, params: GovernorParams
 ) -> GovernorState:
-    cooldown = state.cooldown_until
-    if obs.retry_after:
-        cooldown = max(cooldown, obs.now + obs.retry_after)
-    state = dataclasses.replace(state, rate_limited=state.rate_limited + 1, cooldown_until=cooldown)
+    cooldown, cause = state.cooldown_until, state.cooldown_cause
+    if obs.retry_after and obs.now + obs.retry_after > cooldown:
+        cooldown = obs.now + obs.retry_after
+        cause = f"429 with {obs.wait_cause or 'retry-after'}: {obs.retry_after:g} s"
+    state = dataclasses.replace(
+        state,
+        rate_limited=state.rate_limited + 1,
+        cooldown_until=cooldown,
+        cooldown_cause=cause,
+    )
     if obs.sent_at < state.epoch:
         return state  # sent before the last decrease: already acted on
     if limit_hit(state, obs) == "requests":

@@ -30,7 +30,7 @@ from imagestudio.imaging.fetch import SourceFetcher
 from imagestudio.imaging.pool import ImagingExecutor, ThreadImaging
 from imagestudio.imaging.process import postprocess, prepare_source
 from imagestudio.observability.metrics import Metrics
-from imagestudio.policy.governor import Observation
+from imagestudio.policy.governor import Observation, long_cooldown
 from imagestudio.policy.retry import (
     AttemptState,
     FailImage,
@@ -67,6 +67,7 @@ def governor_observation(error: ProviderError, sent_at: float, now: float) -> Ob
             retry_after=error.retry_after,
             rate=error.rate,
             limit=error.limit,
+            wait_cause=error.wait_cause,
         )
     if isinstance(error, ProviderUnavailable | ProviderTimeout):
         return Observation("backpressure", sent_at, now)
@@ -321,8 +322,17 @@ class TaskRunner:
         except Exception:  # the governor learns from the next call; the image goes on
             log.exception("recording the call's end failed", job_id=task.job.job_id)
             return
-        if observation is not None and state is not None:
-            self.probe.governor(task, observation, state)
+        if observation is None or state is None:
+            return
+        self.probe.governor(task, observation, state)
+        wait = long_cooldown(state, observation)
+        if wait is not None:
+            log.warning(
+                "provider key cooling down",
+                job_id=task.job.job_id,
+                seconds=round(wait, 1),
+                cause=state.cooldown_cause,
+            )
 
     def _decide(self, task: ClaimedTask, exc: BaseException) -> Outcome:
         now = self.store.clock()

@@ -260,4 +260,8 @@ provider_governor = Table(
     Column("pinned_window", Float),
     Column("pinned_rate", Float),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("cooldown_cause", Text),
+    Column("ok_in_flight", Float),
+    Column("ok_starts", Float),
+    Column("starts_window", Float),
 )

@@ -1,0 +1,35 @@
+"""governor: the cooldown's cause, and the evidence that tells a concurrency limit from a rate
+limit (the most calls in flight, and the most starts in the last ``starts_window`` seconds,
+that a call succeeded with since the last decrease)
+
+Revision ID: 0005_gov
+Revises: 0004
+Create Date: 2026-12-04
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005_gov"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+COLUMNS = ("ok_in_flight", "ok_starts", "starts_window")
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("provider_governor") as batch:
+        batch.add_column(sa.Column("cooldown_cause", sa.Text(), nullable=True))
+        for name in COLUMNS:
+            batch.add_column(sa.Column(name, sa.Float(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("provider_governor") as batch:
+        for name in ("cooldown_cause", *COLUMNS):
+            batch.drop_column(name)
