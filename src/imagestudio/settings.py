@@ -38,7 +38,10 @@ class Settings(BaseSettings):
     max_images_per_job: int = Field(default=5000, ge=1)
 
     # Worker behaviour.
+    # Tasks per process outside a provider call (source fetch, post-processing, storing);
+    # the calls themselves follow the governors, up to worker_max_tasks tasks per process.
     worker_concurrency: int = Field(default=16, ge=1)
+    worker_max_tasks: int = Field(default=512, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval: float = Field(default=0.5, gt=0)
     events_poll_seconds: float = Field(default=0.5, gt=0)

@@ -116,10 +116,12 @@ def _nothing() -> None:
 
 @dataclass(frozen=True, slots=True)
 class RunHooks:
-    """What the runner tells its worker: ``call_done`` when the provider call ended (a slot
-    in the provider's window is free), ``recording`` right before the outcome is written (the
-    lease ends by design from then on: a heartbeat must not take it for a lost one)."""
+    """What the runner tells its worker: ``call_started`` when the provider call begins (the
+    task waits on the provider from then on), ``call_done`` when it ended (a slot in the
+    provider's window is free), ``recording`` right before the outcome is written (the lease
+    ends by design from then on: a heartbeat must not take it for a lost one)."""
 
+    call_started: Callable[[], None] = _nothing
     call_done: Callable[[], None] = _nothing
     recording: Callable[[], None] = _nothing
 
@@ -231,7 +233,7 @@ class TaskRunner:
         bound.info(f"Processing image {task.position + 1}/{task.job.total}")
         outcome: Outcome
         try:
-            outcome = await self._attempt(task, hooks.call_done)
+            outcome = await self._attempt(task, hooks)
         except LeaseLost:
             bound.info("task no longer held (cancelled or taken over); stopped")
             return
@@ -258,7 +260,7 @@ class TaskRunner:
         if status in TERMINAL_JOB_STATUSES:
             await sweep(self.storage, f"{task.job_pk}/", await self.store.result_keys(task.job_pk))
 
-    async def _attempt(self, task: ClaimedTask, on_call_done: Callable[[], None]) -> Succeeded:
+    async def _attempt(self, task: ClaimedTask, hooks: RunHooks) -> Succeeded:
         if task.attempts > self.config.policy.max_attempts:
             raise ImageStudioError(f"worker lost {task.attempts - 1} times while running it")
         job = task.job
@@ -278,10 +280,11 @@ class TaskRunner:
                 held = await self.store.still_held(task)
             if not held:  # cancelled while the source was fetched
                 raise LeaseLost("the task was cancelled or taken over before the provider call")
+            hooks.call_started()
             try:
                 raw = await self._call(task, provider, request)
             finally:
-                on_call_done()
+                hooks.call_done()
         data = await self.imaging.run(
             postprocess, raw, job.output, max_pixels=self.config.max_pixels
         )
