@@ -167,7 +167,7 @@ def median_gap(log: Sequence[Sequence[float]], queued_until: float) -> float | N
     ``queued_until`` (while work was still waiting)."""
     starts = sorted(entry[0] for entry in log)
     gaps = []
-    for start, end, status in log:
+    for _, end, status in log:
         if status != 200 or end > queued_until:
             continue
         later = [s for s in starts if s >= end]
@@ -314,7 +314,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     only = {name for name in args.only.split(",") if name}
     chosen: list[Scenario] = []
     for latency in (float(x) for x in args.latencies.split(",") if x):
-        chosen += [s for s in scenarios(latency, args.images) if not only or s.slug.split("@")[0] in only]
+        chosen += [
+            s for s in scenarios(latency, args.images) if not only or s.slug.split("@")[0] in only
+        ]
     if args.wide:
         chosen.append(wide(args.wide, args.wide_images))
     results: list[Result] = []
