@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from imagestudio.domain import LimitKind, RateInfo
+from imagestudio.policy.limits import Evidence, accepted, classify, header_window
 
 UNLIMITED_REQUESTS = 10_000  # a per-minute limit this high is no limit worth pacing to
 
@@ -80,12 +81,22 @@ class GovernorState:
     pinned_window: float | None = None
     pinned_rate: float | None = None
     cooldown_cause: str | None = None  # what set ``cooldown_until``, for the job's answer
-    # What tells a concurrency limit from a rate limit (policy.limits): since the last
-    # decrease, the most calls in flight and the most starts in the last ``starts_window``
-    # seconds that a call succeeded with.
+    # What tells a concurrency limit from a rate limit (policy.limits.Evidence): the most
+    # calls in flight, and the most starts in the last 1, 10 and 60 s, that a call was
+    # accepted with since the last decrease; and the window a header's limit is per.
     ok_in_flight: float | None = None
-    ok_starts: float | None = None
-    starts_window: float | None = None
+    ok_starts_1: float | None = None
+    ok_starts_10: float | None = None
+    ok_starts_60: float | None = None
+    header_window: float | None = None
+
+    @property
+    def evidence(self) -> Evidence:
+        starts = (self.ok_starts_1, self.ok_starts_10, self.ok_starts_60)
+        return Evidence(
+            in_flight=self.ok_in_flight,
+            starts=None if any(s is None for s in starts) else tuple(float(s or 0) for s in starts),
+        )
 
     @property
     def effective_window(self) -> float:
@@ -127,6 +138,10 @@ class Observation:
     in_flight: int | None = None  # the key's running tasks when the call ended, this one too
     limit: LimitKind | None = None  # which limit a 429 says it hit, when it says
     wait_cause: str | None = None  # the header ``retry_after`` came from
+    # This process's calls of the key in flight when the call started (itself included), and
+    # its starts of the key in the 1, 10 and 60 s before (itself included): policy.limits.
+    started_with: int | None = None
+    starts: tuple[int, ...] | None = None
 
 
 LONG_COOLDOWN = 30.0  # a cooldown longer than this is logged with its cause
@@ -158,28 +173,41 @@ def _from_headers(state: GovernorState, obs: Observation, params: GovernorParams
     info = obs.rate
     if info is None:
         return state
-    rate, learned = state.rate, state.rate_ceiling
+    rate, learned, window = state.rate, state.rate_ceiling, state.header_window
     if info.limit_requests is not None:
-        per_minute = info.limit_requests
+        # The limit is per a window the header does not name: the one whose count of our
+        # starts matches the provider's (policy.limits.header_window), else the last one
+        # found, else a minute (the most cautious reading).
+        window = header_window(info.limit_requests, info.remaining_requests, obs.starts) or window
+        per_window = info.limit_requests * 60 / (window or 60.0)  # per minute
         rate = (
-            None if per_minute >= UNLIMITED_REQUESTS else per_minute / 60 * params.header_rate_share
+            None if per_window >= UNLIMITED_REQUESTS else per_window / 60 * params.header_rate_share
         )
         learned = None  # the provider said it: nothing to learn
     cooldown, cause = state.cooldown_until, state.cooldown_cause
     if info.remaining_requests == 0 and info.reset_requests is not None:
-        next_slot = 60 / info.limit_requests if info.limit_requests else info.reset_requests
+        span = window or 60.0
+        next_slot = span / info.limit_requests if info.limit_requests else info.reset_requests
         until = obs.now + min(info.reset_requests, next_slot)
         if until > cooldown:
             cooldown = until
             cause = f"no requests remaining; reset in {min(info.reset_requests, next_slot):g} s"
     return dataclasses.replace(
-        state, rate=rate, rate_ceiling=learned, cooldown_until=cooldown, cooldown_cause=cause
+        state,
+        rate=rate,
+        rate_ceiling=learned,
+        header_window=window,
+        cooldown_until=cooldown,
+        cooldown_cause=cause,
     )
 
 
 def _on_success(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
     latency, base = _latencies(state, obs, params)
-    state = dataclasses.replace(state, latency=latency, base_latency=base)
+    state = _with_evidence(
+        dataclasses.replace(state, latency=latency, base_latency=base),
+        accepted(state.evidence, obs.started_with, obs.starts),
+    )
     if latency is not None and base is not None and latency > params.brake_ratio * base:
         return state  # calls take far longer than usual: no growth
     state = _grow_window(state, obs, params)
@@ -224,6 +252,17 @@ def _grow_rate(state: GovernorState, obs: Observation, params: GovernorParams) -
     return dataclasses.replace(state, rate=_at_most(grown, state.pinned_rate))
 
 
+def _with_evidence(state: GovernorState, evidence: Evidence) -> GovernorState:
+    starts = evidence.starts or (None, None, None)
+    return dataclasses.replace(
+        state,
+        ok_in_flight=evidence.in_flight,
+        ok_starts_1=starts[0],
+        ok_starts_10=starts[1],
+        ok_starts_60=starts[2],
+    )
+
+
 def _latencies(
     state: GovernorState, obs: Observation, params: GovernorParams
 ) -> tuple[float | None, float | None]:
@@ -246,9 +285,20 @@ def _hold(state: GovernorState, now: float, params: GovernorParams) -> float:
 
 
 def limit_hit(state: GovernorState, obs: Observation) -> LimitKind:
-    """Which limit a 429 hit: what the provider said, else ``requests`` when it came with
-    fewer calls in flight than the window's ceiling (more were fine before, so it is not the
-    number in flight), else ``concurrency``."""
+    """Which limit a 429 hit (docs/governor.md, "Which limit a 429 hit"):
+
+    1. what it correlates with (``policy.limits.classify``): more calls in flight than any
+       accepted call had, or more starts in some window, but not both;
+    2. else the headers: a request count at 0 is the rate limit;
+    3. else the provider's words, when they name a limit (a hint only);
+    4. else ``requests`` when it came with fewer calls in flight than the window's ceiling
+       (more were fine before, so it is not the number in flight), else ``concurrency``.
+    """
+    told = classify(state.evidence, obs.started_with, obs.starts)
+    if told is not None:
+        return told
+    if obs.rate is not None and obs.rate.remaining_requests == 0:
+        return "requests"
     if obs.limit is not None:
         return obs.limit
     if state.ceiling is not None and obs.in_flight is not None and obs.in_flight < state.ceiling:
@@ -287,7 +337,7 @@ def _slow_pace(
 ) -> GovernorState:
     """A pace that drew a 429: it is the new ceiling, and the pace drops under it."""
     return dataclasses.replace(
-        state,
+        _with_evidence(state, Evidence(in_flight=state.ok_in_flight)),
         rate=paced * params.rate_decrease,
         rate_ceiling=paced,
         hold_until=_hold(state, now, params),
@@ -303,7 +353,10 @@ def _first_pace(
     through up to about twice its rate before it says no. So the pace starts at half the
     estimate, with no ceiling yet: it grows from there until the next 429 sets one."""
     return dataclasses.replace(
-        state, rate=started * params.first_rate_share, rate_ceiling=None, epoch=now
+        _with_evidence(state, Evidence(in_flight=state.ok_in_flight)),
+        rate=started * params.first_rate_share,
+        rate_ceiling=None,
+        epoch=now,
     )
 
 
@@ -318,7 +371,7 @@ def _shrink_window(state: GovernorState, obs: Observation, params: GovernorParam
     else:
         window = max(params.min_window, math.floor(ceiling * params.decrease))
     return dataclasses.replace(
-        state,
+        _with_evidence(state, Evidence(starts=state.evidence.starts)),
         window=window,
         ceiling=ceiling,
         ssthresh=max(params.min_window, ceiling - 1),

@@ -43,6 +43,7 @@ from imagestudio.policy.retry import (
 )
 from imagestudio.providers.base import ImageProvider, ImageRequest, ProviderConfig
 from imagestudio.providers.registry import make_provider, provider_size
+from imagestudio.scheduler.calls import CallLog
 from imagestudio.scheduler.probe import NO_PROBE, Probe, Stage, timed
 from imagestudio.security.crypto import SecretBox
 from imagestudio.security.redact import KNOWN
@@ -57,8 +58,14 @@ EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def governor_observation(error: ProviderError, sent_at: float, now: float) -> Observation | None:
-    """What a failed call tells the governor: a 429, back-pressure, or nothing about load."""
+def governor_observation(
+    error: ProviderError,
+    sent_at: float,
+    now: float,
+    started: tuple[int, tuple[int, ...]] | None = None,
+) -> Observation | None:
+    """What a failed call tells the governor: a 429, back-pressure, or nothing about load.
+    ``started``: the calls in flight and the starts per window when it started (CallLog)."""
     if isinstance(error, RateLimited):
         return Observation(
             "rate_limited",
@@ -68,6 +75,8 @@ def governor_observation(error: ProviderError, sent_at: float, now: float) -> Ob
             rate=error.rate,
             limit=error.limit,
             wait_cause=error.wait_cause,
+            started_with=None if started is None else started[0],
+            starts=None if started is None else started[1],
         )
     if isinstance(error, ProviderUnavailable | ProviderTimeout):
         return Observation("backpressure", sent_at, now)
@@ -222,6 +231,7 @@ class TaskRunner:
         self.imaging = imaging or ThreadImaging()  # where decode/resize/encode run
         self.rng = rng or random.Random()
         self.probe = probe
+        self.calls = CallLog()  # this process's calls per key, for the governor's evidence
 
     async def run(self, task: ClaimedTask, hooks: RunHooks | None = None) -> None:
         """Run one claimed task to a recorded outcome (see ``RunHooks`` for what the worker
@@ -299,18 +309,34 @@ class TaskRunner:
         self, task: ClaimedTask, provider: ImageProvider, request: ImageRequest
     ) -> bytes:
         """One provider call; what it tells about the provider's limits goes to its governor."""
+        key = task.job.provider_key
+        started = self.calls.start(key)
         sent_at = time.time()
         try:
             with timed(self.probe, Stage.PROVIDER_CALL):
                 result = await provider.generate(request)
         except ProviderError as exc:
+            self.calls.end(key)
             self.metrics.provider_calls.labels(error_kind(exc)).inc()
-            await self._end_call(task, sent_at, governor_observation(exc, sent_at, time.time()))
+            observed = governor_observation(exc, sent_at, time.time(), started)
+            await self._end_call(task, sent_at, observed)
             raise
+        except BaseException:
+            self.calls.end(key)
+            raise
+        self.calls.end(key)
         now = time.time()
         self.metrics.provider_calls.labels("ok").inc()
         self.metrics.provider_latency.observe(now - sent_at)
-        observation = Observation("ok", sent_at, now, latency=now - sent_at, rate=result.rate)
+        observation = Observation(
+            "ok",
+            sent_at,
+            now,
+            latency=now - sent_at,
+            rate=result.rate,
+            started_with=started[0],
+            starts=started[1],
+        )
         await self._end_call(task, sent_at, observation)
         return result.data
 

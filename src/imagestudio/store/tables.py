@@ -262,6 +262,8 @@ provider_governor = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("cooldown_cause", Text),
     Column("ok_in_flight", Float),
-    Column("ok_starts", Float),
-    Column("starts_window", Float),
+    Column("ok_starts_1", Float),
+    Column("ok_starts_10", Float),
+    Column("ok_starts_60", Float),
+    Column("header_window", Float),
 )

@@ -1,6 +1,6 @@
-"""governor: the cooldown's cause, and the evidence that tells a concurrency limit from a rate
-limit (the most calls in flight, and the most starts in the last ``starts_window`` seconds,
-that a call succeeded with since the last decrease)
+"""governor: the cooldown's cause, the evidence that tells a concurrency limit from a rate
+limit (the most calls in flight, and the most starts in the last 1, 10 and 60 seconds, that a
+call was accepted with since the last decrease), and the window a header's limit is per
 
 Revision ID: 0005_gov
 Revises: 0004
@@ -19,7 +19,7 @@ down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-COLUMNS = ("ok_in_flight", "ok_starts", "starts_window")
+COLUMNS = ("ok_in_flight", "ok_starts_1", "ok_starts_10", "ok_starts_60", "header_window")
 
 
 def upgrade() -> None:
