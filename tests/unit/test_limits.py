@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from imagestudio.domain import RateInfo
@@ -174,3 +176,58 @@ def test_header_limits_are_paced_per_the_window_they_match() -> None:
         P,
     )
     assert later.rate == pytest.approx(60 * P.header_rate_share)
+
+
+@pytest.mark.parametrize(
+    ("evidence", "starts", "rate"),
+    [
+        (Evidence(8, (6, 50, 120)), (7, 49, 110), 6.0),  # a 1-second window of 6
+        (Evidence(8, (9, 60, 120)), (8, 61, 110), 6.0),  # a 10-second window of 60
+        (Evidence(8, (9, 60, 120)), (8, 59, 121), 2.0),  # only the minute: 120 per minute
+        (Evidence(8, (1, 1, 1)), (2, 2, 2), None),  # too few to go by
+        (Evidence(8, (6, 50, 120)), (5, 40, 100), None),  # no window over its best
+        (Evidence(8), (7, 49, 110), None),
+    ],
+)
+def test_evidence_rate(evidence: Evidence, starts: tuple[int, ...], rate: float | None) -> None:
+    from imagestudio.policy.limits import evidence_rate
+
+    assert evidence_rate(evidence, starts) == rate
+
+
+def test_a_first_rate_429_paces_at_what_the_evidence_shows() -> None:
+    before = learned(ok(10, (6, 30, 30)))
+    state = observe(before, no(6, (7, 30, 30)), P)
+    assert state.rate == pytest.approx(6 * P.rate_hold_share)
+    assert state.window == before.window  # the window is not what binds
+    assert state.ceiling is None
+
+
+def test_a_told_rate_429_lifts_a_window_ceiling_that_was_a_guess() -> None:
+    # ramping up: the first 429 could be either (both counts past their best): a guess
+    state = learned(ok(5, (3, 5, 5)), no(9, (6, 9, 9)))
+    assert state.ceiling is not None
+    assert not state.ceiling_confirmed
+    # later: a 429 with fewer in flight than accepted, more starts in a second: a rate limit
+    state = observe(state, ok(8, (5, 20, 20)), P)
+    state = observe(state, dataclasses.replace(no(6, (6, 20, 20)), sent_at=T + 1, now=T + 1), P)
+    assert state.ceiling is None
+    assert state.hold_until == 0.0
+    assert state.rate is not None
+
+
+def test_a_told_concurrency_ceiling_stays_when_the_rate_binds_too() -> None:
+    state = learned(ok(6, (9, 20, 20)), no(7, (2, 15, 15)))  # concurrency, told
+    assert state.ceiling_confirmed
+    ceiling = state.ceiling
+    state = observe(state, ok(5, (9, 25, 25)), P)
+    state = observe(state, dataclasses.replace(no(4, (10, 25, 25)), sent_at=T + 1, now=T + 1), P)
+    assert state.ceiling == ceiling
+    assert state.rate == pytest.approx(9 * P.rate_hold_share)
+
+
+def test_the_pace_has_a_hold_of_its_own() -> None:
+    state = dataclasses.replace(initial_state(P), window=30, latency=1.0, rate=10.0)
+    state = observe(state, no(10, (11, 30, 30), limit="requests"), P)
+    assert state.rate_hold_until > T
+    assert state.hold_until == 0.0  # the window is free to grow

@@ -39,7 +39,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from imagestudio.domain import LimitKind, RateInfo
-from imagestudio.policy.limits import Evidence, accepted, classify, header_window
+from imagestudio.policy.limits import (
+    Evidence,
+    accepted,
+    classify,
+    evidence_rate,
+    header_window,
+)
 
 UNLIMITED_REQUESTS = 10_000  # a per-minute limit this high is no limit worth pacing to
 
@@ -69,7 +75,7 @@ class GovernorState:
     window: float
     ssthresh: float | None = None
     ceiling: float | None = None
-    hold_until: float = 0.0
+    hold_until: float = 0.0  # the window's hold
     epoch: float = 0.0
     cooldown_until: float = 0.0
     rate: float | None = None  # starts per second; None = not paced
@@ -89,6 +95,8 @@ class GovernorState:
     ok_starts_10: float | None = None
     ok_starts_60: float | None = None
     header_window: float | None = None
+    rate_hold_until: float = 0.0  # the pace's hold (apart from the window's)
+    ceiling_confirmed: bool = False  # the window's ceiling came from a 429 the evidence told
 
     @property
     def evidence(self) -> Evidence:
@@ -245,7 +253,7 @@ def _grow_rate(state: GovernorState, obs: Observation, params: GovernorParams) -
     elif rate < params.rate_hold_share * ceiling:
         step = params.rate_recover * ceiling / per_round_trip
         grown = min(params.rate_hold_share * ceiling, rate + step)
-    elif obs.now < state.hold_until:
+    elif obs.now < state.rate_hold_until:
         grown = rate
     else:
         grown = rate + params.rate_probe * rate / per_round_trip
@@ -285,7 +293,12 @@ def _hold(state: GovernorState, now: float, params: GovernorParams) -> float:
 
 
 def limit_hit(state: GovernorState, obs: Observation) -> LimitKind:
-    """Which limit a 429 hit (docs/governor.md, "Which limit a 429 hit"):
+    """Which limit a 429 hit (docs/governor.md, "Which limit a 429 hit")."""
+    return _limit_hit(state, obs)[0]
+
+
+def _limit_hit(state: GovernorState, obs: Observation) -> tuple[LimitKind, bool]:
+    """The limit, and whether the evidence told it (not a hint or a guess):
 
     1. what it correlates with (``policy.limits.classify``): more calls in flight than any
        accepted call had, or more starts in some window, but not both;
@@ -296,14 +309,14 @@ def limit_hit(state: GovernorState, obs: Observation) -> LimitKind:
     """
     told = classify(state.evidence, obs.started_with, obs.starts)
     if told is not None:
-        return told
+        return told, True
     if obs.rate is not None and obs.rate.remaining_requests == 0:
-        return "requests"
+        return "requests", False
     if obs.limit is not None:
-        return obs.limit
+        return obs.limit, False
     if state.ceiling is not None and obs.in_flight is not None and obs.in_flight < state.ceiling:
-        return "requests"
-    return "concurrency"
+        return "requests", False
+    return "concurrency", False
 
 
 def _on_rate_limited(
@@ -321,15 +334,25 @@ def _on_rate_limited(
     )
     if obs.sent_at < state.epoch:
         return state  # sent before the last decrease: already acted on
-    if limit_hit(state, obs) == "requests":
-        if obs.rate is not None and obs.rate.limit_requests is not None:
-            return state  # paced from the headers already; the cooldown does the rest
-        paced = state.effective_rate
-        if paced is not None:
-            return _slow_pace(state, paced, obs.now, params)
-        if obs.in_flight is not None and state.latency:
-            return _first_pace(state, obs.in_flight / state.latency, obs.now, params)
-    return _shrink_window(state, obs, params)
+    kind, confirmed = _limit_hit(state, obs)
+    if kind == "concurrency":
+        return _shrink_window(state, obs, params, confirmed=confirmed)
+    if confirmed and not state.ceiling_confirmed:
+        # The rate binds, and the window's ceiling was a guess (an early 429 that could
+        # have been either): let the window grow again.
+        state = dataclasses.replace(state, ceiling=None, ssthresh=None, hold_until=0.0)
+    if obs.rate is not None and obs.rate.limit_requests is not None:
+        return state  # paced from the headers already; the cooldown does the rest
+    paced = state.effective_rate
+    if paced is not None:
+        return _slow_pace(state, paced, obs.now, params)
+    told = evidence_rate(state.evidence, obs.starts)
+    if told is not None:
+        return _first_pace(state, told * params.rate_hold_share, obs.now)
+    if obs.in_flight is not None and state.latency:
+        started = obs.in_flight / state.latency
+        return _first_pace(state, started * params.first_rate_share, obs.now)
+    return _shrink_window(state, obs, params, confirmed=False)
 
 
 def _slow_pace(
@@ -340,27 +363,28 @@ def _slow_pace(
         _with_evidence(state, Evidence(in_flight=state.ok_in_flight)),
         rate=paced * params.rate_decrease,
         rate_ceiling=paced,
-        hold_until=_hold(state, now, params),
+        rate_hold_until=_hold(state, now, params),
         epoch=now,
     )
 
 
-def _first_pace(
-    state: GovernorState, started: float, now: float, params: GovernorParams
-) -> GovernorState:
-    """The first request-rate 429, before any pace: the start rate is only estimated (calls
-    in flight over the latency, Little's law), and a rate limit that allows bursts lets
-    through up to about twice its rate before it says no. So the pace starts at half the
-    estimate, with no ceiling yet: it grows from there until the next 429 sets one."""
+def _first_pace(state: GovernorState, rate: float, now: float) -> GovernorState:
+    """The first request-rate 429, before any pace. The rate is what the evidence shows
+    (the accepted starts per window, ``policy.limits.evidence_rate``), else only estimated
+    (calls in flight over the latency, Little's law, and a limit that allows bursts lets
+    through up to about twice its rate before it says no: half of that). No ceiling yet:
+    the pace grows from there until the next 429 sets one."""
     return dataclasses.replace(
         _with_evidence(state, Evidence(in_flight=state.ok_in_flight)),
-        rate=started * params.first_rate_share,
+        rate=rate,
         rate_ceiling=None,
         epoch=now,
     )
 
 
-def _shrink_window(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
+def _shrink_window(
+    state: GovernorState, obs: Observation, params: GovernorParams, *, confirmed: bool
+) -> GovernorState:
     in_use = state.effective_window
     ceiling = in_use if obs.in_flight is None else min(in_use, obs.in_flight)
     if state.ceiling is not None and ceiling >= state.ceiling > params.min_window:
@@ -376,6 +400,7 @@ def _shrink_window(state: GovernorState, obs: Observation, params: GovernorParam
         ceiling=ceiling,
         ssthresh=max(params.min_window, ceiling - 1),
         hold_until=_hold(state, obs.now, params),
+        ceiling_confirmed=confirmed,
         epoch=obs.now,
     )
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -266,4 +267,6 @@ provider_governor = Table(
     Column("ok_starts_10", Float),
     Column("ok_starts_60", Float),
     Column("header_window", Float),
+    Column("rate_hold_until", Float, nullable=False, server_default="0"),
+    Column("ceiling_confirmed", Boolean, nullable=False, server_default=false()),
 )

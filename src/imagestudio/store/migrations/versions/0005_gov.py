@@ -1,6 +1,7 @@
 """governor: the cooldown's cause, the evidence that tells a concurrency limit from a rate
 limit (the most calls in flight, and the most starts in the last 1, 10 and 60 seconds, that a
-call was accepted with since the last decrease), and the window a header's limit is per
+call was accepted with since the last decrease), the window a header's limit is per, the
+pace's own hold, and whether the window's ceiling was told by that evidence
 
 Revision ID: 0005_gov
 Revises: 0004
@@ -27,9 +28,15 @@ def upgrade() -> None:
         batch.add_column(sa.Column("cooldown_cause", sa.Text(), nullable=True))
         for name in COLUMNS:
             batch.add_column(sa.Column(name, sa.Float(), nullable=True))
+        batch.add_column(
+            sa.Column("rate_hold_until", sa.Float(), server_default="0", nullable=False)
+        )
+        batch.add_column(
+            sa.Column("ceiling_confirmed", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("provider_governor") as batch:
-        for name in ("cooldown_cause", *COLUMNS):
+        for name in ("cooldown_cause", *COLUMNS, "rate_hold_until", "ceiling_confirmed"):
             batch.drop_column(name)
