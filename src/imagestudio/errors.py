@@ -148,11 +148,13 @@ class RateLimited(ProviderError):
         status_code: int | None = 429,
         rate: RateInfo | None = None,
         limit: LimitKind | None = None,
+        wait_cause: str | None = None,
     ) -> None:
         super().__init__(message, status_code=status_code)
         self.retry_after = retry_after
         self.rate = rate
         self.limit = limit  # which limit the provider said was hit, when it said
+        self.wait_cause = wait_cause  # the header ``retry_after`` was read from
 
 
 class ProviderTimeout(ProviderError):

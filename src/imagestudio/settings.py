@@ -46,7 +46,10 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=32_000, ge=1)  # each template and each built prompt
 
     # Worker behaviour.
+    # Tasks per process outside a provider call (source fetch, post-processing, storing);
+    # the calls themselves follow the governors, up to worker_max_tasks tasks per process.
     worker_concurrency: int = Field(default=16, ge=1)
+    worker_max_tasks: int = Field(default=512, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval: float = Field(default=0.5, gt=0)
     events_poll_seconds: float = Field(default=0.5, gt=0)

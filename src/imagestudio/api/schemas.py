@@ -40,6 +40,7 @@ class GovernorOut(BaseModel):
     in_flight: int
     pace_per_minute: float | None
     cooldown_seconds: float
+    cooldown_cause: str | None = None  # what the provider said that set the cooldown
     rate_limited: int
     pinned: bool
 
@@ -129,11 +130,13 @@ def governor_out(view: GovernorView | None) -> GovernorOut | None:
         return None
     state = view.state
     rate = state.effective_rate
+    cooldown = max(0.0, state.cooldown_until - time.time())
     return GovernorOut(
         window=round(state.effective_window, 2),
         in_flight=view.in_flight,
         pace_per_minute=round(rate * 60, 1) if rate else None,
-        cooldown_seconds=round(max(0.0, state.cooldown_until - time.time()), 3),
+        cooldown_seconds=round(cooldown, 3),
+        cooldown_cause=state.cooldown_cause if cooldown > 0 else None,
         rate_limited=state.rate_limited,
         pinned=state.pinned_window is not None or state.pinned_rate is not None,
     )

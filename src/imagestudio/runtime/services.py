@@ -56,6 +56,7 @@ class Services:
         s = self.settings
         config = WorkerConfig(
             concurrency=concurrency,
+            max_tasks=s.worker_max_tasks,
             lease_seconds=s.lease_seconds,
             poll_interval=s.poll_interval,
             heartbeat_interval=min(2.0, s.lease_seconds / 3),

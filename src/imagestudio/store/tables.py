@@ -30,6 +30,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -270,4 +271,12 @@ provider_governor = Table(
     Column("pinned_window", Float),
     Column("pinned_rate", Float),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("cooldown_cause", Text),
+    Column("ok_in_flight", Float),
+    Column("ok_starts_1", Float),
+    Column("ok_starts_10", Float),
+    Column("ok_starts_60", Float),
+    Column("header_window", Float),
+    Column("rate_hold_until", Float, nullable=False, server_default="0"),
+    Column("ceiling_confirmed", Boolean, nullable=False, server_default=false()),
 )
