@@ -26,6 +26,8 @@ meets them, with ``raise Mapped(...) from exc`` so the cause is kept.
     │   ├── ProviderBadRequest      the provider rejected the request (permanent)
     │   ├── AuthFailed              401/403: the key is wrong (fatal for the job)
     │   └── QuotaExhausted          429 ``insufficient_quota`` (fatal for the job)
+    ├── BudgetExceeded              the next call would pass the job's ``max_cost`` (fatal)
+    ├── WebhookFailed               a webhook try failed (status code or transport error)
     ├── StorageError                the result could not be written
     └── LeaseLost                   this worker no longer owns the task (fencing)
 
@@ -182,6 +184,18 @@ class AuthFailed(ProviderError):
 
 class QuotaExhausted(ProviderError):
     """The account has no quota or credit left (429 ``insufficient_quota``)."""
+
+
+class BudgetExceeded(ImageStudioError):
+    """Starting another provider call would pass the job's ``options.max_cost``."""
+
+
+class WebhookFailed(ImageStudioError):
+    """One try of a webhook delivery failed; ``status_code`` if the receiver answered."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class StorageError(ImageStudioError):

@@ -277,6 +277,8 @@ ERRORS = [
     errors.ProviderBusy("busy", retry_after=3.0, status_code=503),
     errors.AuthFailed("bad key", status_code=401),
     errors.LeaseLost("taken over"),
+    errors.WebhookFailed("receiver answered 500", status_code=500),
+    errors.BudgetExceeded("options.max_cost 1 reached"),
 ]
 
 

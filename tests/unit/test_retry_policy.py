@@ -14,6 +14,7 @@ from imagestudio.errors import (
     ApiKeyRequired,
     AuthFailed,
     BadImage,
+    BudgetExceeded,
     ConnectionDropped,
     ContentRejected,
     ImageStudioError,
@@ -35,6 +36,7 @@ from imagestudio.errors import (
     SourceUnavailable,
     StorageError,
     UnsafeURL,
+    WebhookFailed,
 )
 from imagestudio.policy.retry import (
     AttemptState,
@@ -89,6 +91,7 @@ TRANSIENT: list[BaseException] = [
     ImageStudioError("worker lost 1 times while running it"),
     RuntimeError("a bug in a dependency"),
     OSError("connection reset by peer"),
+    WebhookFailed("not raised by attempts; transient like any ImageStudioError", 500),
 ]
 PERMANENT: list[BaseException] = [
     ContentRejected("moderation_blocked: your request was rejected", status_code=400),
@@ -106,6 +109,7 @@ PERMANENT: list[BaseException] = [
 JOB_FATAL: list[BaseException] = [
     AuthFailed("Incorrect API key provided", status_code=401),
     QuotaExhausted("You exceeded your current quota", status_code=429),
+    BudgetExceeded("options.max_cost 1 reached: spent 0.9500"),
 ]
 
 

@@ -11,16 +11,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imagestudio.domain import JobSpec
-from imagestudio.errors import PayloadInvalid, UnsafeURL
+from imagestudio.domain import JobSpec, WebhookSpec
+from imagestudio.errors import PayloadInvalid, SourceUnavailable, UnsafeURL
 from imagestudio.jobs.intake import IntakeLimits, build_job_spec, gc_paused, parse_payload
+from imagestudio.policy.webhooks import shown_url
 from imagestudio.security.crypto import SecretBox
 from imagestudio.security.netguard import ensure_public_url
 from imagestudio.storage import ResultStorage, sweep
-from imagestudio.store.records import JobProgress, JobRecord
+from imagestudio.store.records import JobProgress, JobRecord, SealedWebhook
 from imagestudio.store.store import Store
 
 LOCAL_USER = "local"
+
+
+def scrub_url(message: str, url: str) -> str:
+    """``message`` with ``url`` shown without its query (a receiver's token may be there)."""
+    return message.replace(url, shown_url(url)) if url else message
 
 
 def _nothing() -> None:
@@ -56,9 +62,11 @@ class JobService:
         limits: IntakeLimits,
         allow_list: Sequence[str] = (),
         on_new_work: Callable[[], None] = _nothing,
+        server_webhook_secret: bool = False,
     ) -> None:
         self.store, self.storage, self.box = store, storage, box
         self.limits, self.allow_list, self.on_new_work = limits, list(allow_list), on_new_work
+        self.server_webhook_secret = server_webhook_secret  # IMAGESTUDIO_WEBHOOK_SECRET set
 
     async def submit(self, raw: Any, user: str | None) -> Submitted:
         """Validate, check the provider URL, seal the key and write the job once.
@@ -69,15 +77,42 @@ class JobService:
         # Validating a 100,000-image payload takes about a second of CPU: off the event loop,
         # so in-process workers keep their heartbeats and other requests their answers.
         spec = await asyncio.to_thread(self._spec, raw, user)
-        try:
-            await ensure_public_url(spec.provider.api_base, self.allow_list)
-        except UnsafeURL as exc:
-            raise PayloadInvalid("options.api_base", exc.message) from exc
-        result = await self.store.submit(spec, self.box.seal(spec.api_key))
+        await self._check_url("options.api_base", spec.provider.api_base)
+        webhook = await self._webhook(spec.webhook)
+        result = await self.store.submit(spec, self.box.seal(spec.api_key), webhook)
         if result.created:
             self.on_new_work()
         progress = await self.store.progress(result.job.user_id, result.job.job_id)
         return Submitted(progress=progress, created=result.created)
+
+    async def _check_url(self, field: str, url: str, *, must_resolve: bool = False) -> None:
+        """The SSRF guard's verdict on ``url`` as a 422 naming ``field``; ``must_resolve``:
+        a host that cannot be resolved now is refused too."""
+        refused: tuple[type[Exception], ...] = (UnsafeURL,)
+        if must_resolve:
+            refused = (UnsafeURL, SourceUnavailable)
+        try:
+            await ensure_public_url(url, self.allow_list)
+        except refused as exc:
+            message = exc.message if isinstance(exc, UnsafeURL | SourceUnavailable) else str(exc)
+            raise PayloadInvalid(field, scrub_url(message, url)) from exc
+
+    async def _webhook(self, webhook: WebhookSpec | None) -> SealedWebhook | None:
+        """The job's webhook endpoint checked (address, a secret to sign with) and sealed."""
+        if webhook is None:
+            return None
+        await self._check_url("options.webhook_url", webhook.url, must_resolve=True)
+        if webhook.secret is None and not self.server_webhook_secret:
+            raise PayloadInvalid(
+                "options.webhook_secret",
+                "a webhook needs a whsec_ secret: give one, or the server sets "
+                "IMAGESTUDIO_WEBHOOK_SECRET",
+            )
+        return SealedWebhook(
+            url_enc=self.box.seal(webhook.url),
+            secret_enc=self.box.seal(webhook.secret) if webhook.secret else None,
+            image_events=webhook.image_events,
+        )
 
     def _spec(self, raw: Any, user: str | None) -> JobSpec:
         with gc_paused():

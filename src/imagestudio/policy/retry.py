@@ -10,7 +10,7 @@ transient   RateLimited, ProviderUnavailable, ProviderTimeout, NoImageReturned,
                A ProviderBusy (a 5xx with retry-after) waits at least what it asked.
 permanent   ContentRejected, ProviderBadRequest, SourceNotFound, SourceTooLarge,
             BadImage, UnsafeURL -> the image fails now with the cleaned message.
-job-fatal   AuthFailed, QuotaExhausted -> the job stops; its queued images fail with
+job-fatal   AuthFailed, QuotaExhausted, BudgetExceeded -> the job stops; its queued images fail with
             the same reason without calling the provider.
 """
 
@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 
 from imagestudio.errors import (
     AuthFailed,
+    BudgetExceeded,
     ContentRejected,
     ImageStudioError,
     InputError,
@@ -97,7 +98,7 @@ def decide(
     rng: random.Random,
 ) -> Decision:
     """Retry, fail the image, or fail the job, for ``error`` raised by the attempt."""
-    if isinstance(error, AuthFailed | QuotaExhausted):
+    if isinstance(error, AuthFailed | QuotaExhausted | BudgetExceeded):
         return FailJob(describe(error))
     if isinstance(error, InputError | ContentRejected | ProviderBadRequest):
         return FailImage(describe(error))

@@ -19,6 +19,7 @@ from imagestudio.imaging.pool import ImagingExecutor, cpu_count, open_imaging
 from imagestudio.jobs.intake import IntakeLimits
 from imagestudio.jobs.service import JobService
 from imagestudio.observability.metrics import Metrics
+from imagestudio.policy.cost import Price
 from imagestudio.policy.governor import GovernorParams
 from imagestudio.policy.retry import RetryPolicy
 from imagestudio.scheduler.probe import NO_PROBE, Probe
@@ -70,6 +71,20 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         backoff_base=settings.backoff_base_seconds,
         backoff_max=settings.backoff_max_seconds,
     )
+
+
+def price_table(settings: Settings) -> dict[str, Price]:
+    """The settings' price table (defaults and overrides) as the cost policy's values."""
+    return {
+        model: Price(
+            text_input_per_mtok=row.text_input_per_mtok,
+            image_input_per_mtok=row.image_input_per_mtok,
+            output_per_mtok=row.output_per_mtok,
+            per_image=dict(row.per_image),
+            estimate=row.estimate,
+        )
+        for model, row in settings.price_table().items()
+    }
 
 
 def imaging_processes(settings: Settings) -> int:
@@ -124,6 +139,7 @@ async def open_services(
             max_pixels=settings.max_pixels,
             provider_timeout=settings.provider_timeout_seconds,
             files_url=files_url(settings),
+            prices=price_table(settings),
         ),
         probe=probe,
         imaging=imaging,
@@ -136,6 +152,7 @@ async def open_services(
         limits=IntakeLimits(max_images=settings.max_images_per_job),
         allow_list=settings.private_allow_list(),
         on_new_work=wakeup.set,
+        server_webhook_secret=settings.webhook_secret is not None,
     )
     try:
         await imaging.start()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -30,10 +31,17 @@ from imagestudio.store.records import (
     JobProgress,
     JobRecord,
     Page,
+    SealedWebhook,
     SubmitResult,
 )
 from imagestudio.store.rows import attempt_record, image_record, job_record
-from imagestudio.store.tables import ai_job, ai_job_attempt, ai_job_image, ai_job_secret
+from imagestudio.store.tables import (
+    ai_job,
+    ai_job_attempt,
+    ai_job_image,
+    ai_job_secret,
+    ai_job_webhook,
+)
 
 QUEUED = ImageStatus.QUEUED.value
 
@@ -47,6 +55,7 @@ async def insert(
     *,
     defaults: governors.Defaults,
     now: datetime,
+    webhook: SealedWebhook | None = None,
 ) -> tuple[str, bool]:
     """Insert the job, its images, its sealed key and its governor; ``(job_id, created)``.
 
@@ -60,6 +69,15 @@ async def insert(
         return job_id, False
     await bulk.insert_images(conn, pk, spec.images, now)
     await conn.execute(ai_job_secret.insert().values(job_pk=pk, api_key_enc=sealed_key))
+    if webhook is not None:
+        await conn.execute(
+            ai_job_webhook.insert().values(
+                job_pk=pk,
+                url_enc=webhook.url_enc,
+                secret_enc=webhook.secret_enc,
+                image_events=webhook.image_events,
+            )
+        )
     await governors.ensure(
         conn,
         key=_provider_key(spec),
@@ -110,6 +128,7 @@ def _insert_job(conn: AsyncConnection, spec: JobSpec, pk: str, job_id: str, now:
         "out_quality": spec.output.quality,
         "max_concurrency": spec.max_concurrency,
         "sku_serial": spec.sku_serial,
+        "max_cost": spec.max_cost,
         "cancel_requested": False,
         "created_at": now,
         "updated_at": now,
@@ -272,20 +291,29 @@ def urls_due(total: int, refreshed_at: datetime | None, now: datetime, *, ended:
     return (now - refreshed_at).total_seconds() >= URLS_REFRESH_SECONDS
 
 
+@dataclass(frozen=True, slots=True)
+class Rolled:
+    """The job's status after a roll-up; ``ended``: this change ended the job (it was not in
+    a terminal status before), which its outbox event says (``job_ended``: webhooks)."""
+
+    status: str
+    ended: bool
+
+
 async def rollup(
     conn: AsyncConnection,
     job_pk: str,
     now: datetime,
     moved: Mapping[str, int] | None = None,
     **changes: Any,
-) -> str:
+) -> Rolled:
     """Roll the job up after a change to its images, in one UPDATE of its row.
 
     ``moved`` (status -> change) is what the caller's statements did to the job's images: it
     shifts the counts (``store.counts``) in the same UPDATE, and the status comes from the
     counts after it (``policy.rollup``). ``changes`` are other columns to set with it
-    (``cancel_requested``, ``error``). The ordered result URLs are rebuilt when ``urls_due``.
-    A job that ends has its sealed key erased. Returns the new status.
+    (``cancel_requested``, ``error``, the cost sums). The ordered result URLs are rebuilt
+    when ``urls_due``. A job that ends has its sealed key erased. Returns the new status.
 
     One UPDATE, not one per concern: on SQLite every UPDATE of a row rewrites the whole row,
     and a big job's row carries its whole payload (``config``).
@@ -315,7 +343,7 @@ async def rollup(
     await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(**values))
     if ended:  # the key is erased when the job ends
         await conn.execute(ai_job_secret.delete().where(ai_job_secret.c.job_pk == job_pk))
-    return status.value
+    return Rolled(status.value, ended and job.status not in TERMINAL_JOB_STATUSES)
 
 
 def _rollup_row(job_pk: str) -> Any:

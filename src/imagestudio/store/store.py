@@ -25,8 +25,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagestudio.domain import JobSpec
+from imagestudio.policy.cost import Price
 from imagestudio.policy.governor import GovernorParams, GovernorState, Observation
-from imagestudio.store import actions, governors, jobs, outcomes, queue
+from imagestudio.store import actions, budget, governors, jobs, outcomes, queue
+from imagestudio.store.budget import Refused, Reserved
 from imagestudio.store.governors import Pin, provider_key
 from imagestudio.store.outbox import EventOutbox
 from imagestudio.store.records import (
@@ -40,6 +42,8 @@ from imagestudio.store.records import (
     JobRecord,
     Outcome,
     Page,
+    SealedWebhook,
+    Spend,
     SubmitResult,
 )
 
@@ -89,12 +93,15 @@ class Store:
 
     # -- intake and reads (store.jobs) ------------------------------------------------------
 
-    async def submit(self, spec: JobSpec, sealed_key: bytes) -> SubmitResult:
-        """Insert the job and all its images in one transaction, or return the existing job
-        (``JobConflict`` if its ``job_id`` was used for another payload)."""
+    async def submit(
+        self, spec: JobSpec, sealed_key: bytes, webhook: SealedWebhook | None = None
+    ) -> SubmitResult:
+        """Insert the job and all its images (and its sealed webhook endpoint) in one
+        transaction, or return the existing job (``JobConflict`` if its ``job_id`` was used
+        for another payload)."""
         async with self.engine.begin() as conn:
             job_id, created = await jobs.insert(
-                conn, spec, sealed_key, defaults=self._defaults, now=self.clock()
+                conn, spec, sealed_key, defaults=self._defaults, now=self.clock(), webhook=webhook
             )
         job = await self.get_job(spec.user_id, job_id, urls=False)
         return jobs.submitted(job, spec, created=created)
@@ -195,11 +202,18 @@ class Store:
         async with self.reader.connect() as conn:
             return await queue.has_pending(conn)
 
-    async def finish(self, task: ClaimedTask, outcome: Outcome) -> str:
-        """Record the attempt's outcome if it still holds the task, else raise ``LeaseLost``;
-        returns the job's status after the roll-up (``outcomes.finish``)."""
+    async def finish(self, task: ClaimedTask, outcome: Outcome, spend: Spend | None = None) -> str:
+        """Record the attempt's outcome (and what its call used) if it still holds the task,
+        else raise ``LeaseLost``; returns the job's status after the roll-up
+        (``outcomes.finish``)."""
         async with self.engine.begin() as conn:
-            return await outcomes.finish(conn, self.clock, task, outcome)
+            return await outcomes.finish(conn, self.clock, task, outcome, spend)
+
+    async def reserve(self, task: ClaimedTask, price: Price | None) -> Reserved | Refused:
+        """Reserve an estimate of the task's call against its job's ``max_cost``
+        (``budget.reserve``); only for jobs that have one."""
+        async with self.engine.begin() as conn:
+            return await budget.reserve(conn, task, price)
 
     async def end_call(
         self, task: ClaimedTask, sent_at: float, observation: Observation | None
