@@ -28,8 +28,28 @@ class Counts(BaseModel):
     cancelled: int
 
 
+class UsageOut(BaseModel):
+    """Tokens the provider's answers said were used, and their estimated cost in USD (the
+    price table's; 0 for a model it lacks, docs/costs.md)."""
+
+    input_tokens: int
+    output_tokens: int
+    estimated_cost_usd: float
+
+
+class JobUsageOut(UsageOut):
+    max_cost: float | None
+
+
 class SkuProgress(Counts):
     sku: str
+    usage: UsageOut | None = None
+
+
+def usage_out(input_tokens: int, output_tokens: int, cost: float) -> UsageOut:
+    return UsageOut(
+        input_tokens=input_tokens, output_tokens=output_tokens, estimated_cost_usd=round(cost, 6)
+    )
 
 
 class GovernorOut(BaseModel):
@@ -61,6 +81,7 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     links: dict[str, str]
     governor: GovernorOut | None = None
+    usage: JobUsageOut
 
 
 class JobSummary(BaseModel):
@@ -73,6 +94,7 @@ class JobSummary(BaseModel):
     error: str | None
     created_at: datetime
     updated_at: datetime
+    estimated_cost_usd: float
 
 
 class ImageOut(BaseModel):
@@ -93,6 +115,7 @@ class ImageOut(BaseModel):
     first_started_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    usage: UsageOut
 
 
 class ImagePage(BaseModel):
@@ -121,6 +144,10 @@ class AttemptOut(BaseModel):
     outcome: str | None
     error: str | None
     wait_seconds: float | None
+    input_text_tokens: int | None = None
+    input_image_tokens: int | None = None
+    output_tokens: int | None = None
+    estimated_cost_usd: float | None = None
 
 
 def governor_out(view: GovernorView | None) -> GovernorOut | None:
@@ -149,7 +176,8 @@ def job_out(progress: JobProgress, governor: GovernorView | None = None) -> JobO
         status=job.status,
         counts=Counts(total=job.total, **progress.counts),
         skus=[
-            SkuProgress(sku=sku, total=sum(c.values()), **c) for sku, c in progress.per_sku.items()
+            SkuProgress(sku=sku, total=sum(c.values()), usage=_sku_usage(progress, sku), **c)
+            for sku, c in progress.per_sku.items()
         ],
         skus_truncated=progress.skus_truncated,
         result_image_urls=progress.result_image_urls,
@@ -171,7 +199,20 @@ def job_out(progress: JobProgress, governor: GovernorView | None = None) -> JobO
             "timeline": f"{base}/timeline",
         },
         governor=governor_out(governor),
+        usage=JobUsageOut(
+            input_tokens=job.input_tokens,
+            output_tokens=job.output_tokens,
+            estimated_cost_usd=round(job.cost, 6),
+            max_cost=job.max_cost,
+        ),
     )
+
+
+def _sku_usage(progress: JobProgress, sku: str) -> UsageOut | None:
+    spent = progress.per_sku_usage.get(sku)
+    if spent is None:
+        return None
+    return usage_out(spent.input_tokens, spent.output_tokens, spent.cost)
 
 
 def job_summary(job: JobRecord) -> JobSummary:
@@ -185,6 +226,7 @@ def job_summary(job: JobRecord) -> JobSummary:
         error=job.error,
         created_at=job.created_at,
         updated_at=job.updated_at,
+        estimated_cost_usd=round(job.cost, 6),
     )
 
 
@@ -208,6 +250,7 @@ def image_out(image: ImageRecord) -> ImageOut:
         first_started_at=image.first_started_at,
         started_at=image.started_at,
         finished_at=image.finished_at,
+        usage=usage_out(image.input_tokens, image.output_tokens, image.cost),
     )
 
 
@@ -241,6 +284,7 @@ def parse_timeline_cursor(cursor: str) -> tuple[datetime, int]:
 
 
 def attempt_out(attempt: AttemptRecord) -> AttemptOut:
+    used = attempt.usage
     seconds = (attempt.ended_at - attempt.started_at).total_seconds() if attempt.ended_at else None
     call_seconds = None
     if attempt.call_started_at and attempt.call_ended_at:
@@ -260,4 +304,8 @@ def attempt_out(attempt: AttemptRecord) -> AttemptOut:
         outcome=attempt.outcome,
         error=attempt.error,
         wait_seconds=attempt.wait_seconds,
+        input_text_tokens=used.input_text_tokens if used else None,
+        input_image_tokens=used.input_image_tokens if used else None,
+        output_tokens=used.output_tokens if used else None,
+        estimated_cost_usd=attempt.cost,
     )

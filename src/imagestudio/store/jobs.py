@@ -32,6 +32,7 @@ from imagestudio.store.records import (
     JobRecord,
     Page,
     SealedWebhook,
+    Spent,
     SubmitResult,
 )
 from imagestudio.store.rows import attempt_record, image_record, job_record
@@ -173,17 +174,32 @@ async def progress(conn: AsyncConnection, user_id: str | None, job_id: str) -> J
         return JobProgress(job=job, counts=job.counts, skus_truncated=True)
     img = ai_job_image
     query = (
-        select(img.c.sku, img.c.status, func.count(), func.min(img.c.position))
+        select(
+            img.c.sku,
+            img.c.status,
+            func.count(),
+            func.min(img.c.position),
+            func.sum(img.c.input_tokens),
+            func.sum(img.c.output_tokens),
+            func.sum(img.c.cost),
+        )
         .where(img.c.job_pk == job.id)
         .group_by(img.c.sku, img.c.status)
     )
     per_sku: dict[str, dict[str, int]] = {}
+    usage: dict[str, Spent] = {}
     first: dict[str, int] = {}
-    for sku, status, n, position in (await conn.execute(query)).all():
+    for sku, status, n, position, tokens_in, tokens_out, cost in (await conn.execute(query)).all():
         per_sku.setdefault(sku, {s.value: 0 for s in ImageStatus})[status] += n
+        usage[sku] = usage.get(sku, Spent()).plus(int(tokens_in or 0), int(tokens_out or 0), cost)
         first[sku] = min(first.get(sku, position), position)
-    ordered = {sku: per_sku[sku] for sku in sorted(per_sku, key=first.__getitem__)}
-    return JobProgress(job=job, counts=job.counts, per_sku=ordered)
+    order = sorted(per_sku, key=first.__getitem__)
+    return JobProgress(
+        job=job,
+        counts=job.counts,
+        per_sku={sku: per_sku[sku] for sku in order},
+        per_sku_usage={sku: usage[sku] for sku in order},
+    )
 
 
 async def list_jobs(

@@ -165,6 +165,22 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Spent:
+    """Tokens and estimated cost summed over some images (a SKU's)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+
+    def plus(self, input_tokens: int, output_tokens: int, cost: float | None) -> Spent:
+        return Spent(
+            self.input_tokens + input_tokens,
+            self.output_tokens + output_tokens,
+            self.cost + float(cost or 0.0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class JobProgress:
     """A job with its counts and, for a job of at most ``SKU_DETAIL_MAX_IMAGES`` images, its
     counts per SKU in payload order (``skus_truncated`` when left out)."""
@@ -173,6 +189,7 @@ class JobProgress:
     counts: dict[str, int]
     per_sku: dict[str, dict[str, int]] = field(default_factory=dict)
     skus_truncated: bool = False
+    per_sku_usage: dict[str, Spent] = field(default_factory=dict)
 
     @property
     def result_image_urls(self) -> list[str]:
