@@ -17,6 +17,7 @@ from imagestudio.store.records import (
     JobRecord,
     Page,
 )
+from imagestudio.store.webhooks import DeliveryRecord
 
 
 class Counts(BaseModel):
@@ -39,6 +40,34 @@ class UsageOut(BaseModel):
 
 class JobUsageOut(UsageOut):
     max_cost: float | None
+
+
+class WebhookOut(BaseModel):
+    """One webhook message of the job and its tries (docs/webhooks.md)."""
+
+    webhook_id: str
+    type: str
+    status: str  # pending, delivered, failed (given up)
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+def webhook_out(record: DeliveryRecord) -> WebhookOut:
+    return WebhookOut(
+        webhook_id=record.msg_id,
+        type=record.type,
+        status=record.status,
+        attempts=record.attempts,
+        last_status_code=record.last_status_code,
+        last_error=record.last_error,
+        next_attempt_at=record.next_attempt_at,
+        created_at=record.created_at,
+        delivered_at=record.delivered_at,
+    )
 
 
 class SkuProgress(Counts):
@@ -82,6 +111,7 @@ class JobOut(BaseModel):
     links: dict[str, str]
     governor: GovernorOut | None = None
     usage: JobUsageOut
+    webhooks: list[WebhookOut] = []
 
 
 class JobSummary(BaseModel):
@@ -165,7 +195,11 @@ def governor_out(view: GovernorView | None) -> GovernorOut | None:
     )
 
 
-def job_out(progress: JobProgress, governor: GovernorView | None = None) -> JobOut:
+def job_out(
+    progress: JobProgress,
+    governor: GovernorView | None = None,
+    deliveries: list[DeliveryRecord] | None = None,
+) -> JobOut:
     job = progress.job
     base = f"{API_PREFIX}/jobs/{job.job_id}"
     return JobOut(
@@ -205,6 +239,7 @@ def job_out(progress: JobProgress, governor: GovernorView | None = None) -> JobO
             estimated_cost_usd=round(job.cost, 6),
             max_cost=job.max_cost,
         ),
+        webhooks=[webhook_out(d) for d in deliveries or []],
     )
 
 

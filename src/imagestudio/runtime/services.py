@@ -22,8 +22,10 @@ from imagestudio.observability.metrics import Metrics
 from imagestudio.policy.cost import Price
 from imagestudio.policy.governor import GovernorParams
 from imagestudio.policy.retry import RetryPolicy
+from imagestudio.policy.webhooks import RetryPlan
 from imagestudio.scheduler.probe import NO_PROBE, Probe
 from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
+from imagestudio.scheduler.webhooks import SenderConfig, WebhookSender
 from imagestudio.scheduler.worker import Worker, WorkerConfig
 from imagestudio.security.crypto import SecretBox, load_or_create_key
 from imagestudio.settings import Settings
@@ -46,6 +48,7 @@ class Services:
     wakeup: asyncio.Event
     jobs: JobService
     imaging: ImagingExecutor
+    webhooks: WebhookSender
 
     def wake_workers(self) -> None:
         """Tell in-process workers new work is there, so they claim without waiting a poll."""
@@ -59,7 +62,13 @@ class Services:
             poll_interval=s.poll_interval,
             heartbeat_interval=min(2.0, s.lease_seconds / 3),
         )
-        return Worker(self.store, self.runner, config, wakeup=wakeup or self.wakeup)
+        return Worker(
+            self.store,
+            self.runner,
+            config,
+            wakeup=wakeup or self.wakeup,
+            sidecar=self.webhooks.run,
+        )
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -85,6 +94,18 @@ def price_table(settings: Settings) -> dict[str, Price]:
         )
         for model, row in settings.price_table().items()
     }
+
+
+def sender_config(settings: Settings) -> SenderConfig:
+    secret = settings.webhook_secret
+    return SenderConfig(
+        plan=RetryPlan(
+            base=settings.webhook_backoff_base_seconds, max_age=settings.webhook_max_age_seconds
+        ),
+        timeout=settings.webhook_timeout_seconds,
+        poll_interval=settings.webhook_poll_seconds,
+        server_secret=secret.get_secret_value() if secret else None,
+    )
 
 
 def imaging_processes(settings: Settings) -> int:
@@ -154,10 +175,29 @@ async def open_services(
         on_new_work=wakeup.set,
         server_webhook_secret=settings.webhook_secret is not None,
     )
+    webhooks = WebhookSender(
+        store,
+        box,
+        http,
+        sender_config(settings),
+        metrics=metrics,
+        allow_list=settings.private_allow_list(),
+    )
     try:
         await imaging.start()
         yield Services(
-            settings, store, storage, box, http, providers, runner, metrics, wakeup, jobs, imaging
+            settings,
+            store,
+            storage,
+            box,
+            http,
+            providers,
+            runner,
+            metrics,
+            wakeup,
+            jobs,
+            imaging,
+            webhooks,
         )
     finally:
         await imaging.aclose()

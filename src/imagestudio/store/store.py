@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from imagestudio.domain import JobSpec
 from imagestudio.policy.cost import Price
 from imagestudio.policy.governor import GovernorParams, GovernorState, Observation
-from imagestudio.store import actions, budget, governors, jobs, outcomes, queue
+from imagestudio.store import actions, budget, governors, jobs, outcomes, queue, webhooks
 from imagestudio.store.budget import Refused, Reserved
 from imagestudio.store.governors import Pin, provider_key
 from imagestudio.store.outbox import EventOutbox
@@ -46,6 +46,7 @@ from imagestudio.store.records import (
     Spend,
     SubmitResult,
 )
+from imagestudio.store.webhooks import Delivery, DeliveryRecord
 
 __all__ = ["Clock", "Pin", "Store", "provider_key", "utcnow"]
 
@@ -258,6 +259,44 @@ class Store:
         """The governors (all, or those of ``keys``) with their running tasks, for display."""
         async with self.reader.connect() as conn:
             return await governors.views(conn, keys)
+
+    # -- webhooks (store.webhooks) ----------------------------------------------------------
+
+    async def enqueue_webhooks(self, events: Sequence[EventRecord]) -> int:
+        """Make the webhook messages of outbox events (once each); returns how many are new."""
+        if not events:
+            return 0
+        async with self.engine.begin() as conn:
+            return await webhooks.enqueue(conn, events, self.clock())
+
+    async def claim_webhooks(self, limit: int, lease_seconds: float) -> list[Delivery]:
+        """Lease up to ``limit`` due webhook messages, counting their try."""
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            return await webhooks.claim(conn, now, now + timedelta(seconds=lease_seconds), limit)
+
+    async def record_webhook(
+        self,
+        delivery: Delivery,
+        *,
+        status_code: int | None,
+        error: str | None,
+        next_attempt_at: datetime | None,
+    ) -> bool:
+        """A try's result, if its lease still holds (``webhooks.record``)."""
+        async with self.engine.begin() as conn:
+            return await webhooks.record(
+                conn,
+                delivery,
+                now=self.clock(),
+                status_code=status_code,
+                error=error,
+                next_attempt_at=next_attempt_at,
+            )
+
+    async def webhook_deliveries(self, job_pk: str, limit: int = 50) -> list[DeliveryRecord]:
+        async with self.reader.connect() as conn:
+            return await webhooks.of_job(conn, job_pk, limit)
 
     async def events_after(self, job_pk: str, after: int, limit: int = 500) -> list[EventRecord]:
         """The job's events past event ``after`` (``EventOutbox.events_after``)."""

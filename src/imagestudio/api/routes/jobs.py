@@ -57,7 +57,8 @@ async def list_jobs(
 async def get_job(store: StoreDep, user: UserDep, job_id: str) -> JobOut:
     progress = await store.progress(user, job_id)
     views = await store.governor_states([progress.job.provider_key])
-    return job_out(progress, views[0] if views else None)
+    deliveries = await store.webhook_deliveries(progress.job.id)
+    return job_out(progress, views[0] if views else None, deliveries)
 
 
 DEFAULT_PAGE, MAX_PAGE = 500, 5000
