@@ -14,6 +14,7 @@ the one place to switch.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -67,16 +68,19 @@ async def send_webhook(
         raise WebhookFailed(exc.message.replace(url, shown)) from exc
     body = body_of(payload)
     try:
-        async with http.stream(
-            "POST",
-            url,
-            content=body,
-            headers=signed_headers(secret, msg_id, at, body),
-            timeout=time_limit,
-            follow_redirects=False,
-        ) as response:
+        async with (
+            asyncio.timeout(time_limit),  # the whole try, not each read (httpx's timeout)
+            http.stream(
+                "POST",
+                url,
+                content=body,
+                headers=signed_headers(secret, msg_id, at, body),
+                timeout=time_limit,
+                follow_redirects=False,
+            ) as response,
+        ):
             status = response.status_code
-    except httpx.TimeoutException as exc:
+    except (httpx.TimeoutException, TimeoutError) as exc:
         raise WebhookFailed(f"{shown} did not answer in {time_limit:g} s") from exc
     except httpx.HTTPError as exc:
         raise WebhookFailed(f"{shown}: {type(exc).__name__}") from exc

@@ -45,8 +45,9 @@ class SenderConfig:
 
     @property
     def lease_seconds(self) -> float:
-        """How long a try holds its message: the try's time limit and a margin."""
-        return 2 * self.timeout + 5
+        """How long a try holds its message: the try's time limit and a margin (a sender
+        that died mid-try has its message sent again this long after the try began)."""
+        return self.timeout + 2
 
 
 class WebhookSender:
