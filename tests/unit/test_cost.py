@@ -11,6 +11,7 @@ from rich.console import Console
 from imagestudio.cli.client import cost_caption, summary_table
 from imagestudio.domain import Usage
 from imagestudio.policy.cost import Price, call_cost, call_estimate, may_start, price_for
+from imagestudio.providers.fake.protocol import output_tokens
 from imagestudio.providers.usage import chat_usage, images_usage
 from imagestudio.runtime.services import price_table
 from imagestudio.settings import ModelPrice, Settings
@@ -160,3 +161,11 @@ def test_the_cli_shows_tokens_and_cost() -> None:
     text = console.export_text()
     assert "4532" in text
     assert "$0.1695" in text
+
+
+@pytest.mark.parametrize(
+    ("size", "tokens"),
+    [((1024, 1024), 4160), ((1024, 1536), 6240), ((1536, 1024), 6208), ((512, 512), 4160)],
+)
+def test_the_fake_provider_counts_output_tokens_by_size(size: tuple[int, int], tokens: int) -> None:
+    assert output_tokens(size) == tokens
