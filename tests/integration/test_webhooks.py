@@ -231,3 +231,31 @@ async def test_secrets_are_sealed_and_never_in_config(
     assert SECRET.encode() not in row.url_enc + (row.secret_enc or b"")
     assert services.box.open(row.secret_enc) == SECRET
     assert services.box.open(row.url_enc) == receiver_url
+
+
+async def test_events_read_twice_make_each_message_once_and_a_late_try_writes_nothing(
+    services: Services, fake_provider: BackgroundServer, receiver_url: str
+) -> None:
+    result = await services.jobs.submit(hooked(fake_provider.url, "twice", receiver_url), None)
+    await services.jobs.cancel(None, "twice")
+    store = services.store
+    events: list = []  # type: ignore[type-arg]
+    for _ in range(200):  # PostgreSQL may hold the events back a moment
+        events = await store.outbox.read("test-consumer")
+        if any(e.data.get("job_ended") for e in events):
+            break
+        await asyncio.sleep(0.05)
+    assert await store.enqueue_webhooks(events) == 1
+    assert await store.enqueue_webhooks(events) == 0  # a second reader makes nothing new
+    [first] = await store.claim_webhooks(10, lease_seconds=0.2)
+    assert first.attempts == 1
+    assert await store.claim_webhooks(10, lease_seconds=0.2) == []  # leased
+    await asyncio.sleep(0.3)
+    [again] = await store.claim_webhooks(10, lease_seconds=30)  # the first lease ran out
+    assert (again.msg_id, again.attempts) == (first.msg_id, 2)
+    late = await store.record_webhook(first, status_code=200, error=None, next_attempt_at=None)
+    assert late is False  # the first try's lease is no longer the message's
+    kept = await store.record_webhook(again, status_code=200, error=None, next_attempt_at=None)
+    assert kept is True
+    [delivery] = await store.webhook_deliveries(result.job.id)
+    assert (delivery.status, delivery.attempts, delivery.type) == ("delivered", 2, "job.cancelled")

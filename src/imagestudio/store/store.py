@@ -266,12 +266,18 @@ class Store:
         """Make the webhook messages of outbox events (once each); returns how many are new."""
         if not events:
             return 0
+        async with self.reader.connect() as conn:  # most events are of jobs without one
+            if not await webhooks.any_hooked(conn, sorted({e.job_pk for e in events})):
+                return 0
         async with self.engine.begin() as conn:
             return await webhooks.enqueue(conn, events, self.clock())
 
     async def claim_webhooks(self, limit: int, lease_seconds: float) -> list[Delivery]:
         """Lease up to ``limit`` due webhook messages, counting their try."""
         now = self.clock()
+        async with self.reader.connect() as conn:  # an idle sender only reads
+            if not await webhooks.any_due(conn, now):
+                return []
         async with self.engine.begin() as conn:
             return await webhooks.claim(conn, now, now + timedelta(seconds=lease_seconds), limit)
 

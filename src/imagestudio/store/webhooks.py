@@ -143,20 +143,30 @@ async def _data(
     return data
 
 
+def _due(now: datetime) -> Any:
+    return select(_wd.c.id).where(
+        _wd.c.status == PENDING,
+        _wd.c.next_attempt_at <= now,
+        or_(_wd.c.lease_until.is_(None), _wd.c.lease_until <= now),
+    )
+
+
+async def any_due(conn: AsyncConnection, now: datetime) -> bool:
+    """Whether a message is due (a read, so an idle sender takes no write lock on SQLite)."""
+    return await conn.scalar(_due(now).limit(1)) is not None
+
+
+async def any_hooked(conn: AsyncConnection, job_pks: Sequence[str]) -> bool:
+    w = ai_job_webhook
+    found = await conn.scalar(select(w.c.job_pk).where(w.c.job_pk.in_(list(job_pks))).limit(1))
+    return found is not None
+
+
 async def claim(
     conn: AsyncConnection, now: datetime, lease_until: datetime, limit: int
 ) -> list[Delivery]:
     """Lease up to ``limit`` due messages, counting their try now."""
-    due = (
-        select(_wd.c.id)
-        .where(
-            _wd.c.status == PENDING,
-            _wd.c.next_attempt_at <= now,
-            or_(_wd.c.lease_until.is_(None), _wd.c.lease_until <= now),
-        )
-        .order_by(_wd.c.next_attempt_at, _wd.c.id)
-        .limit(limit)
-    )
+    due = _due(now).order_by(_wd.c.next_attempt_at, _wd.c.id).limit(limit)
     if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
     ids = list((await conn.scalars(due)).all())
