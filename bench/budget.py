@@ -60,13 +60,12 @@ async def claim_all(store: Store, total: int) -> list[ClaimedTask]:
     return tasks
 
 
-async def one_backend(backend: str, images: int) -> dict[str, list[float]]:
-    with database(backend) as url:
-        store = Store(create_engine(url), governor=GovernorParams(initial_window=10_000))
-        try:
-            return await _measure(store, images)
-        finally:
-            await store.close()
+async def one_backend(url: str, images: int) -> dict[str, list[float]]:
+    store = Store(create_engine(url), governor=GovernorParams(initial_window=10_000))
+    try:
+        return await _measure(store, images)
+    finally:
+        await store.close()
 
 
 async def _submit(store: Store, job_id: str, images: int, max_cost: float | None) -> str:
@@ -109,7 +108,8 @@ def main() -> None:
     print("| backend | reserve (max_cost) | finish with usage | finish without |")
     print("|---|---|---|---|")
     for backend in args.backends.split(","):
-        times = asyncio.run(one_backend(backend, args.images))
+        with database(backend) as url:  # migrated outside the loop (``migrate`` runs its own)
+            times = asyncio.run(one_backend(url, args.images))
         row = [ms(times["reserve"]), ms(times["finish+usage"]), ms(times["finish"])]
         print(f"| {backend} | " + " | ".join(row) + " |")
 
