@@ -5,11 +5,14 @@ table, images, SKUs and the job keep the sums, and ``max_cost`` stops a job at i
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+from conftest import make_settings
 
 from imagestudio.cli.background_server import BackgroundServer
-from imagestudio.runtime.services import Services
+from imagestudio.domain import Usage
+from imagestudio.runtime.services import Services, open_services
 from imagestudio.store.records import AttemptRecord
 from testkit.payloads import batch_payload
 
@@ -98,3 +101,24 @@ async def test_a_model_without_a_price_records_usage_but_no_cost(
     assert all(a.cost is None and a.usage is not None for a in attempts)
     assert job.cost == 0.0
     assert job.output_tokens == 5 * 4160
+
+
+async def test_chat_models_record_usage_priced_by_a_settings_row(
+    tmp_path: Path, db_url: str, fake_provider: BackgroundServer
+) -> None:
+    """A chat-completions image model: ``prompt_tokens`` / ``completion_tokens`` priced by a
+    row of ``IMAGESTUDIO_PRICES`` (per million: 2 in, 30 out)."""
+    row = {"text_input_per_mtok": 2.0, "output_per_mtok": 30.0, "estimate": 0.05}
+    settings = make_settings(tmp_path, db_url, prices={"my-chat-image": row})
+    async with open_services(settings) as services:
+        payload = batch_payload(
+            fake_provider.url, "chat", model="my-chat-image", options={"api_style": "chat"}
+        )
+        result = await services.jobs.submit(payload, None)
+        await services.worker(2).run_until_idle()
+        job = (await services.store.progress(None, "chat")).job
+        attempts = await services.store.attempts(result.job.id)
+    assert job.status == "succeeded"
+    assert all(a.usage == Usage(300, None, 1300) for a in attempts)
+    assert all(a.cost == pytest.approx((300 * 2 + 1300 * 30) / 1e6) for a in attempts)
+    assert job.cost == pytest.approx(total(attempts))
