@@ -174,3 +174,14 @@ def test_intake_refusals_name_the_field(options: dict[str, Any], field: str) -> 
     with pytest.raises(PayloadInvalid) as caught:
         spec(**options)
     assert caught.value.field == field
+
+
+def test_a_malformed_server_secret_stops_the_start() -> None:
+    from imagestudio.errors import ImageStudioError
+    from imagestudio.runtime.services import sender_config
+    from imagestudio.settings import Settings
+
+    good = sender_config(Settings(_env_file=None, webhook_secret=whsec(9)))
+    assert good.server_secret == whsec(9)
+    with pytest.raises(ImageStudioError, match="IMAGESTUDIO_WEBHOOK_SECRET must start with"):
+        sender_config(Settings(_env_file=None, webhook_secret="plain-text-secret"))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from imagestudio.domain import FILES_PATH
+from imagestudio.errors import ImageStudioError
 from imagestudio.imaging.fetch import SourceFetcher
 from imagestudio.imaging.pool import ImagingExecutor, cpu_count, open_imaging
 from imagestudio.jobs.intake import IntakeLimits
@@ -28,6 +29,7 @@ from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
 from imagestudio.scheduler.webhooks import SenderConfig, WebhookSender
 from imagestudio.scheduler.worker import Worker, WorkerConfig
 from imagestudio.security.crypto import SecretBox, load_or_create_key
+from imagestudio.security.webhook_secret import webhook_secret_problem
 from imagestudio.settings import Settings
 from imagestudio.storage import open_storage
 from imagestudio.storage.base import ResultStorage
@@ -97,7 +99,12 @@ def price_table(settings: Settings) -> dict[str, Price]:
 
 
 def sender_config(settings: Settings) -> SenderConfig:
+    """The webhook sender's settings; a malformed IMAGESTUDIO_WEBHOOK_SECRET stops the start."""
     secret = settings.webhook_secret
+    if secret is not None:
+        problem = webhook_secret_problem(secret.get_secret_value())
+        if problem is not None:
+            raise ImageStudioError(f"IMAGESTUDIO_WEBHOOK_SECRET {problem}")
     return SenderConfig(
         plan=RetryPlan(
             base=settings.webhook_backoff_base_seconds, max_age=settings.webhook_max_age_seconds
