@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import make_settings
 from sqlalchemy import select
 
 from imagestudio.cli.background_server import BackgroundServer
@@ -20,7 +21,6 @@ from imagestudio.settings import Settings
 from imagestudio.store.tables import ai_job, ai_job_webhook
 from testkit.payloads import batch_payload
 from testkit.webhook_receiver import WebhookReceiver, whsec
-from tests.conftest import make_settings
 
 SECRET = whsec(7)
 FAST = {"webhook_backoff_base_seconds": 0.05, "webhook_timeout_seconds": 2.0}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,7 +72,13 @@ class IntakeLimits:
 
 
 def parse_payload(raw: Any) -> JobPayload:
-    """Parse JSON into a ``JobPayload``; pydantic's first error becomes a ``PayloadInvalid``."""
+    """Parse JSON (bytes, or already parsed) into a ``JobPayload``; a body that is not JSON
+    and pydantic's first error become a ``PayloadInvalid``."""
+    if isinstance(raw, bytes | bytearray):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise PayloadInvalid("body", f"not valid JSON: {exc}") from exc
     try:
         return JobPayload.model_validate(raw)
     except ValidationError as exc:

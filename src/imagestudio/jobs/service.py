@@ -22,6 +22,7 @@ from imagestudio.store.records import JobProgress, JobRecord, SealedWebhook
 from imagestudio.store.store import Store
 
 LOCAL_USER = "local"
+RELEASE_AFTER_IMAGES = 5000  # an intake this big then calls ``release_memory``
 
 
 def scrub_url(message: str, url: str) -> str:
@@ -51,7 +52,8 @@ class Retried:
 
 class JobService:
     """The user's side of jobs. ``on_new_work`` is told when images were queued (so
-    in-process workers claim at once instead of at their next poll)."""
+    in-process workers claim at once instead of at their next poll); ``release_memory`` runs
+    in a thread after a big intake, once its payload's objects are freed."""
 
     def __init__(
         self,
@@ -63,16 +65,19 @@ class JobService:
         allow_list: Sequence[str] = (),
         on_new_work: Callable[[], None] = _nothing,
         server_webhook_secret: bool = False,
+        release_memory: Callable[[], None] = _nothing,
     ) -> None:
         self.store, self.storage, self.box = store, storage, box
         self.limits, self.allow_list, self.on_new_work = limits, list(allow_list), on_new_work
         self.server_webhook_secret = server_webhook_secret  # IMAGESTUDIO_WEBHOOK_SECRET set
+        self.release_memory = release_memory
 
-    async def submit(self, raw: Any, user: str | None) -> Submitted:
+    async def submit(self, raw: bytes | dict[str, Any], user: str | None) -> Submitted:
         """Validate, check the provider URL, seal the key and write the job once.
 
-        ``user`` is the token's user; ``None`` in local mode, where the payload's is taken.
-        The same payload again returns the existing job (``created`` false).
+        ``raw`` is the JSON body (bytes) or its parsed object. ``user`` is the token's user;
+        ``None`` in local mode, where the payload's is taken. The same payload again returns
+        the existing job (``created`` false).
         """
         # Validating a 100,000-image payload takes about a second of CPU: off the event loop,
         # so in-process workers keep their heartbeats and other requests their answers.
@@ -80,6 +85,9 @@ class JobService:
         await self._check_url("options.api_base", spec.provider.api_base)
         webhook = await self._webhook(spec.webhook)
         result = await self.store.submit(spec, self.box.seal(spec.api_key), webhook)
+        if len(spec.images) >= RELEASE_AFTER_IMAGES:
+            del spec
+            await asyncio.to_thread(self.release_memory)
         if result.created:
             self.on_new_work()
         progress = await self.store.progress(result.job.user_id, result.job.job_id)
@@ -114,9 +122,10 @@ class JobService:
             image_events=webhook.image_events,
         )
 
-    def _spec(self, raw: Any, user: str | None) -> JobSpec:
+    def _spec(self, raw: bytes | dict[str, Any], user: str | None) -> JobSpec:
         with gc_paused():
             payload = parse_payload(raw)
+            del raw  # the parsed JSON is dropped as soon as the model holds it
             if user is not None and payload.user_id not in (None, user):
                 raise PayloadInvalid("user_id", "does not match the user of the bearer token")
             owner = user or payload.user_id or LOCAL_USER

@@ -24,6 +24,7 @@ from imagestudio.policy.cost import Price
 from imagestudio.policy.governor import GovernorParams
 from imagestudio.policy.retry import RetryPolicy
 from imagestudio.policy.webhooks import RetryPlan
+from imagestudio.runtime.memory import cap_malloc_arenas, release_freed_memory
 from imagestudio.scheduler.probe import NO_PROBE, Probe
 from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
 from imagestudio.scheduler.webhooks import SenderConfig, WebhookSender
@@ -135,6 +136,7 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Everything a process needs, closed in order when the block ends. ``probe`` sees the
     workers' steps and governor moves (benchmarks, tests)."""
+    cap_malloc_arenas()  # before the threads (SQLite's, the executor's) take arenas of their own
     url = settings.effective_database_url
     if migrate:
         await migrate_async(url)
@@ -181,6 +183,7 @@ async def open_services(
         allow_list=settings.private_allow_list(),
         on_new_work=wakeup.set,
         server_webhook_secret=settings.webhook_secret is not None,
+        release_memory=release_freed_memory,
     )
     webhooks = WebhookSender(
         store,

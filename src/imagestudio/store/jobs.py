@@ -12,12 +12,12 @@ Functions take a connection; the ``Store`` facade chooses the engine and the tra
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -40,6 +40,7 @@ from imagestudio.store.tables import (
     ai_job,
     ai_job_attempt,
     ai_job_image,
+    ai_job_prompt,
     ai_job_secret,
     ai_job_webhook,
 )
@@ -65,7 +66,7 @@ async def insert(
     """
     pk = uuid.uuid4().hex
     job_id = spec.job_id or pk
-    inserted = await conn.scalar(_insert_job(conn, spec, pk, job_id, now))
+    inserted = await conn.scalar(_INSERT_JOB[conn.dialect.name], _job_row(spec, pk, job_id, now))
     if inserted is None:
         return job_id, False
     await bulk.insert_images(conn, pk, spec.images, now)
@@ -104,9 +105,19 @@ def _provider_key(spec: JobSpec) -> str:
     return governors.provider_key(spec.provider.api_base, spec.api_key, spec.provider.model)
 
 
-def _insert_job(conn: AsyncConnection, spec: JobSpec, pk: str, job_id: str, now: datetime) -> Any:
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    values = {
+# Values go to these statements as execution parameters, never inside them: SQLAlchemy's
+# compiled cache keeps the first statement of each shape with the values bound into it, so a
+# 100,000-image job's payload (about 40 MB as Python objects) would live as long as the process.
+_INSERT_JOB = {
+    name: dialect_insert(ai_job)
+    .on_conflict_do_nothing(index_elements=["user_id", "job_id"])
+    .returning(ai_job.c.id)
+    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+
+
+def _job_row(spec: JobSpec, pk: str, job_id: str, now: datetime) -> dict[str, Any]:
+    return {
         "id": pk,
         "type": "image_studio",
         "user_id": spec.user_id,
@@ -134,8 +145,6 @@ def _insert_job(conn: AsyncConnection, spec: JobSpec, pk: str, job_id: str, now:
         "created_at": now,
         "updated_at": now,
     }
-    stmt = dialect_insert(ai_job).values(**values)
-    return stmt.on_conflict_do_nothing(index_elements=["user_id", "job_id"]).returning(ai_job.c.id)
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -212,14 +221,25 @@ async def list_jobs(
     return [job_record(r) for r in (await conn.execute(query)).all()]
 
 
+def _with_prompts() -> Any:
+    """Image rows with their prompt's text as ``prompt``."""
+    img, text = ai_job_image, ai_job_prompt
+    joined = img.join(text, and_(text.c.job_pk == img.c.job_pk, text.c.idx == img.c.prompt_idx))
+    return select(img, text.c.text.label("prompt")).select_from(joined)
+
+
 async def images(conn: AsyncConnection, job_pk: str) -> list[ImageRecord]:
     """Every image of the job in payload order (tests, small jobs; the API pages)."""
-    query = (
-        select(ai_job_image)
-        .where(ai_job_image.c.job_pk == job_pk)
-        .order_by(ai_job_image.c.position)
-    )
+    img = ai_job_image
+    query = _with_prompts().where(img.c.job_pk == job_pk).order_by(img.c.position)
     return [image_record(r) for r in (await conn.execute(query)).all()]
+
+
+async def prompts(conn: AsyncConnection, job_pks: Iterable[str]) -> dict[tuple[str, int], str]:
+    """The prompts of these jobs by ``(job_pk, idx)``."""
+    text = ai_job_prompt
+    rows = await conn.execute(select(text).where(text.c.job_pk.in_(sorted(set(job_pks)))))
+    return {(str(r.job_pk), int(r.idx)): str(r.text) for r in rows.all()}
 
 
 async def image_page(
@@ -230,7 +250,7 @@ async def image_page(
     offset."""
     img = ai_job_image
     query = (
-        select(img)
+        _with_prompts()
         .where(img.c.job_pk == job.id, img.c.position >= offset, img.c.position < offset + limit)
         .order_by(img.c.position)
     )
@@ -354,12 +374,18 @@ async def rollup(
     for image_status, delta in moved.items():
         column = counts.COLUMNS[image_status]
         values[column] = getattr(ai_job.c, column) + delta
+    params: dict[str, Any] = {}
     if urls_due(job.total, job.urls_refreshed_at, now, ended=ended):
-        values |= {"result_image_urls": await _result_urls(conn, job_pk), "urls_refreshed_at": now}
-    await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(**values))
+        # a parameter, not a value in the statement (see _INSERT_JOB): the list can be long
+        params["urls"] = await _result_urls(conn, job_pk)
+        values |= {"result_image_urls": _URLS, "urls_refreshed_at": now}
+    await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(**values), params)
     if ended:  # the key is erased when the job ends
         await conn.execute(ai_job_secret.delete().where(ai_job_secret.c.job_pk == job_pk))
     return Rolled(status.value, ended and job.status not in TERMINAL_JOB_STATUSES)
+
+
+_URLS = bindparam("urls", type_=ai_job.c.result_image_urls.type)
 
 
 def _rollup_row(job_pk: str) -> Any:

@@ -1,7 +1,7 @@
 """hooks: usage and estimated cost per attempt, image and job; a job's budget; webhooks
 
 Revision ID: 0005_hooks
-Revises: 0004
+Revises: 0005 (main's 0005_prompts; re-chain at merge as needed)
 Create Date: 2026-12-04
 
 Attempts record what the provider said it used (``usage``) and its estimated cost; images and
@@ -20,7 +20,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0005_hooks"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -109,14 +109,13 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_webhook_delivery_status_next_attempt_at"))
     op.drop_table("webhook_delivery")
     op.drop_table("ai_job_webhook")
-    with op.batch_alter_table("ai_job_attempt", schema=None) as batch_op:
-        for name in ("cost", "output_tokens", "input_image_tokens", "input_text_tokens"):
-            batch_op.drop_column(name)
-    with op.batch_alter_table("ai_job_image", schema=None) as batch_op:
-        for name in ("cost_reserved", "cost", "output_tokens", "input_tokens"):
-            batch_op.drop_column(name)
-    with op.batch_alter_table("ai_job", schema=None) as batch_op:
-        for name in ("cost_call_max", "max_cost", "cost"):
-            batch_op.drop_column(name)
-        for name in ("output_tokens", "input_tokens"):
-            batch_op.drop_column(name)
+    # Plain ALTER TABLE ... DROP COLUMN (SQLite 3.35+), not batch mode: a batch rebuild of
+    # ai_job on SQLite drops the table, and with foreign keys on that deletes every image.
+    columns = {
+        "ai_job_attempt": ("cost", "output_tokens", "input_image_tokens", "input_text_tokens"),
+        "ai_job_image": ("cost_reserved", "cost", "output_tokens", "input_tokens"),
+        "ai_job": ("cost_call_max", "max_cost", "cost", "output_tokens", "input_tokens"),
+    }
+    for table, names in columns.items():
+        for name in names:
+            op.drop_column(table, name)
