@@ -65,6 +65,20 @@ class RateInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """What a provider's answer said one call used (OpenAI's ``usage``): input text and
+    image tokens, and output (image) tokens. ``None`` where the answer did not say."""
+
+    input_text_tokens: int | None = None
+    input_image_tokens: int | None = None
+    output_tokens: int | None = None
+
+    @property
+    def input_tokens(self) -> int:
+        return (self.input_text_tokens or 0) + (self.input_image_tokens or 0)
+
+
+@dataclass(frozen=True, slots=True)
 class OutputSpec:
     width: int
     height: int
@@ -107,6 +121,18 @@ class JobSpec:
     api_key: str
     max_concurrency: int | None
     sku_serial: bool
+    max_cost: float | None = None
+    webhook: WebhookSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSpec:
+    """Where a job's events go: the URL, its own ``whsec_`` secret (``None``: the server's,
+    IMAGESTUDIO_WEBHOOK_SECRET), and whether per-image events are sent too."""
+
+    url: str
+    secret: str | None
+    image_events: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,8 @@ meets them, with ``raise Mapped(...) from exc`` so the cause is kept.
     ├── OutboundLimit               an answer to our request broke a limit of security.http
     │   ├── AnswerTooLarge          over the byte cap (``limit`` bytes); callers map it
     │   └── DeadlineExceeded        not done within the total deadline (``seconds``)
+    ├── BudgetExceeded              the next call would pass the job's ``max_cost`` (fatal)
+    ├── WebhookFailed               a webhook try failed (status code or transport error)
     ├── StorageError                the result could not be written
     └── LeaseLost                   this worker no longer owns the task (fencing)
 
@@ -229,6 +231,18 @@ class DeadlineExceeded(OutboundLimit):
     def __init__(self, message: str, *, seconds: float) -> None:
         super().__init__(message)
         self.seconds = seconds
+
+
+class BudgetExceeded(ImageStudioError):
+    """Starting another provider call would pass the job's ``options.max_cost``."""
+
+
+class WebhookFailed(ImageStudioError):
+    """One try of a webhook delivery failed; ``status_code`` if the receiver answered."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class StorageError(ImageStudioError):

@@ -18,6 +18,31 @@ class ProviderLimit(BaseModel):
     rpm: float | None = Field(default=None, gt=0)
 
 
+class ModelPrice(BaseModel):
+    """One model's prices in USD (docs/costs.md): per million input text, input image and
+    output tokens; per image by size (``"*"``: any size) for per-image billing; and what
+    one call is estimated at before a job has seen one (the ``max_cost`` reservation)."""
+
+    text_input_per_mtok: float = Field(default=0.0, ge=0)
+    image_input_per_mtok: float = Field(default=0.0, ge=0)
+    output_per_mtok: float = Field(default=0.0, ge=0)
+    per_image: dict[str, float] = Field(default_factory=dict)
+    estimate: float = Field(default=0.0, ge=0)
+
+
+# OpenAI's published prices (docs/costs.md has the date read and the source): gpt-image-1 per
+# token, unchanged since its launch on 2025-04-23; dall-e-3 per image, standard quality.
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "gpt-image-1": ModelPrice(
+        text_input_per_mtok=5.0, image_input_per_mtok=10.0, output_per_mtok=40.0, estimate=0.25
+    ),
+    "dall-e-3": ModelPrice(
+        per_image={"1024x1024": 0.04, "1024x1792": 0.08, "1792x1024": 0.08, "*": 0.08},
+        estimate=0.08,
+    ),
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IMAGESTUDIO_", env_file=".env", extra="ignore", env_file_encoding="utf-8"
@@ -74,6 +99,19 @@ class Settings(BaseSettings):
     provider_max_answer_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=64_000_000, ge=1)
 
+    # Usage and cost: prices per model as JSON, merged over DEFAULT_PRICES (a model given
+    # here replaces its default row).
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    # Webhooks (docs/webhooks.md): the secret for jobs that bring none (whsec_...), one try's
+    # time limit, the first retry's delay (each next one x4, at most 10 hours), how long a
+    # message is retried before it is given up, and how often the sender looks for work.
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_backoff_base_seconds: float = Field(default=5.0, ge=0)
+    webhook_max_age_seconds: float = Field(default=86400.0, gt=0)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+
     # Worker processes for decode/resize/encode; None = one per core, 0 = threads instead.
     imaging_processes: int | None = Field(default=None, ge=0)
 
@@ -116,6 +154,10 @@ class Settings(BaseSettings):
             )
             for base, limit in self.provider_limits.items()
         }
+
+    def price_table(self) -> dict[str, ModelPrice]:
+        """The default prices with this setting's rows over them, by lower-case model."""
+        return DEFAULT_PRICES | {model.lower(): price for model, price in self.prices.items()}
 
     def private_allow_list(self) -> list[str]:
         return [p.strip() for p in self.allow_private_urls.split(",") if p.strip()]

@@ -234,3 +234,17 @@ def test_malformed_api_tokens_are_refused(clean_env: pytest.MonkeyPatch, tokens:
     clean_env.setenv("IMAGESTUDIO_API_TOKENS", tokens)
     with pytest.raises(ValueError, match="token=user_id"):
         Settings().token_users()
+
+
+def test_settings_read_the_webhook_secret_and_prices(clean_env: pytest.MonkeyPatch) -> None:
+    """SPEC.md's IMAGESTUDIO_WEBHOOK_SECRET (hidden in the repr), and the price table."""
+    secret = "whsec_" + "A" * 43
+    clean_env.setenv("IMAGESTUDIO_WEBHOOK_SECRET", secret)
+    clean_env.setenv("IMAGESTUDIO_PRICES", '{"my-model": {"per_image": {"*": 0.02}}}')
+    settings = Settings()
+    assert settings.webhook_secret is not None
+    assert settings.webhook_secret.get_secret_value() == secret
+    assert secret not in repr(settings)
+    table = settings.price_table()
+    assert table["my-model"].per_image == {"*": 0.02}
+    assert table["gpt-image-1"].output_per_mtok == 40.0

@@ -280,6 +280,8 @@ ERRORS = [
     errors.TooMuchInFlight("100 jobs in flight", retry_after=30.0),
     errors.AnswerTooLarge("answer over the cap of 1.0 MB", limit=1024 * 1024),
     errors.DeadlineExceeded("not done within the total deadline of 5 s", seconds=5.0),
+    errors.WebhookFailed("receiver answered 500", status_code=500),
+    errors.BudgetExceeded("options.max_cost 1 reached"),
 ]
 
 

@@ -16,6 +16,7 @@ from imagestudio.errors import (
     ApiKeyRequired,
     AuthFailed,
     BadImage,
+    BudgetExceeded,
     ConnectionDropped,
     ContentRejected,
     DeadlineExceeded,
@@ -40,6 +41,7 @@ from imagestudio.errors import (
     StorageError,
     TooMuchInFlight,
     UnsafeURL,
+    WebhookFailed,
 )
 from imagestudio.policy.retry import (
     AttemptState,
@@ -96,6 +98,7 @@ TRANSIENT: list[BaseException] = [
     ImageStudioError("worker lost 1 times while running it"),
     RuntimeError("a bug in a dependency"),
     OSError("connection reset by peer"),
+    WebhookFailed("not raised by attempts; transient like any ImageStudioError", 500),
 ]
 PERMANENT: list[BaseException] = [
     ContentRejected("moderation_blocked: your request was rejected", status_code=400),
@@ -116,6 +119,7 @@ JOB_FATAL: list[BaseException] = [
     AuthFailed("Incorrect API key provided", status_code=401),
     QuotaExhausted("You exceeded your current quota", status_code=429),
     ApiBaseRefused("refused to connect to the provider's api_base: 127.0.0.1"),
+    BudgetExceeded("options.max_cost 1 reached: spent 0.9500"),
 ]
 
 

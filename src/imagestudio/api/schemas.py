@@ -18,6 +18,7 @@ from imagestudio.store.records import (
     JobRecord,
     Page,
 )
+from imagestudio.store.webhooks import DeliveryRecord
 
 
 class Counts(BaseModel):
@@ -29,8 +30,56 @@ class Counts(BaseModel):
     cancelled: int
 
 
+class UsageOut(BaseModel):
+    """Tokens the provider's answers said were used, and their estimated cost in USD (the
+    price table's; 0 for a model it lacks, docs/costs.md)."""
+
+    input_tokens: int
+    output_tokens: int
+    estimated_cost_usd: float
+
+
+class JobUsageOut(UsageOut):
+    max_cost: float | None
+
+
+class WebhookOut(BaseModel):
+    """One webhook message of the job and its tries (docs/webhooks.md)."""
+
+    webhook_id: str
+    type: str
+    status: str  # pending, delivered, failed (given up)
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+def webhook_out(record: DeliveryRecord) -> WebhookOut:
+    return WebhookOut(
+        webhook_id=record.msg_id,
+        type=record.type,
+        status=record.status,
+        attempts=record.attempts,
+        last_status_code=record.last_status_code,
+        last_error=record.last_error,
+        next_attempt_at=record.next_attempt_at,
+        created_at=record.created_at,
+        delivered_at=record.delivered_at,
+    )
+
+
 class SkuProgress(Counts):
     sku: str
+    usage: UsageOut | None = None
+
+
+def usage_out(input_tokens: int, output_tokens: int, cost: float) -> UsageOut:
+    return UsageOut(
+        input_tokens=input_tokens, output_tokens=output_tokens, estimated_cost_usd=round(cost, 6)
+    )
 
 
 class GovernorOut(BaseModel):
@@ -63,6 +112,8 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     links: dict[str, str]
     governor: GovernorOut | None = None
+    usage: JobUsageOut
+    webhooks: list[WebhookOut] = []
 
 
 class JobSummary(BaseModel):
@@ -75,6 +126,7 @@ class JobSummary(BaseModel):
     error: str | None
     created_at: datetime
     updated_at: datetime
+    estimated_cost_usd: float
 
 
 class ImageOut(BaseModel):
@@ -95,6 +147,7 @@ class ImageOut(BaseModel):
     first_started_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    usage: UsageOut
 
 
 class ImagePage(BaseModel):
@@ -123,6 +176,10 @@ class AttemptOut(BaseModel):
     outcome: str | None
     error: str | None
     wait_seconds: float | None
+    input_text_tokens: int | None = None
+    input_image_tokens: int | None = None
+    output_tokens: int | None = None
+    estimated_cost_usd: float | None = None
 
 
 def governor_out(view: GovernorView | None) -> GovernorOut | None:
@@ -142,7 +199,11 @@ def governor_out(view: GovernorView | None) -> GovernorOut | None:
     )
 
 
-def job_out(progress: JobProgress, governor: GovernorView | None = None) -> JobOut:
+def job_out(
+    progress: JobProgress,
+    governor: GovernorView | None = None,
+    deliveries: list[DeliveryRecord] | None = None,
+) -> JobOut:
     job = progress.job
     base = f"{API_PREFIX}/jobs/{job.job_id}"
     return JobOut(
@@ -153,7 +214,8 @@ def job_out(progress: JobProgress, governor: GovernorView | None = None) -> JobO
         status=job.status,
         counts=Counts(total=job.total, **progress.counts),
         skus=[
-            SkuProgress(sku=sku, total=sum(c.values()), **c) for sku, c in progress.per_sku.items()
+            SkuProgress(sku=sku, total=sum(c.values()), usage=_sku_usage(progress, sku), **c)
+            for sku, c in progress.per_sku.items()
         ],
         skus_truncated=progress.skus_truncated,
         result_image_urls=progress.result_image_urls,
@@ -175,7 +237,21 @@ def job_out(progress: JobProgress, governor: GovernorView | None = None) -> JobO
             "timeline": f"{base}/timeline",
         },
         governor=governor_out(governor),
+        usage=JobUsageOut(
+            input_tokens=job.input_tokens,
+            output_tokens=job.output_tokens,
+            estimated_cost_usd=round(job.cost, 6),
+            max_cost=job.max_cost,
+        ),
+        webhooks=[webhook_out(d) for d in deliveries or []],
     )
+
+
+def _sku_usage(progress: JobProgress, sku: str) -> UsageOut | None:
+    spent = progress.per_sku_usage.get(sku)
+    if spent is None:
+        return None
+    return usage_out(spent.input_tokens, spent.output_tokens, spent.cost)
 
 
 def job_summary(job: JobRecord) -> JobSummary:
@@ -189,6 +265,7 @@ def job_summary(job: JobRecord) -> JobSummary:
         error=job.error,
         created_at=job.created_at,
         updated_at=job.updated_at,
+        estimated_cost_usd=round(job.cost, 6),
     )
 
 
@@ -212,6 +289,7 @@ def image_out(image: ImageRecord) -> ImageOut:
         first_started_at=image.first_started_at,
         started_at=image.started_at,
         finished_at=image.finished_at,
+        usage=usage_out(image.input_tokens, image.output_tokens, image.cost),
     )
 
 
@@ -260,6 +338,7 @@ def last_event_id(header: str | None) -> int:
 
 
 def attempt_out(attempt: AttemptRecord) -> AttemptOut:
+    used = attempt.usage
     seconds = (attempt.ended_at - attempt.started_at).total_seconds() if attempt.ended_at else None
     call_seconds = None
     if attempt.call_started_at and attempt.call_ended_at:
@@ -279,4 +358,8 @@ def attempt_out(attempt: AttemptRecord) -> AttemptOut:
         outcome=attempt.outcome,
         error=attempt.error,
         wait_seconds=attempt.wait_seconds,
+        input_text_tokens=used.input_text_tokens if used else None,
+        input_image_tokens=used.input_image_tokens if used else None,
+        output_tokens=used.output_tokens if used else None,
+        estimated_cost_usd=attempt.cost,
     )

@@ -69,7 +69,8 @@ def follow(
         }
         while True:
             counts = job["counts"]
-            progress.update(overall, completed=_done(counts), state=job["status"])
+            spent = _usd((job.get("usage") or {}).get("estimated_cost_usd"))
+            progress.update(overall, completed=_done(counts), state=f"{job['status']} {spent}")
             for sku in job["skus"]:
                 state = f"{sku['running']} running" if sku["running"] else ""
                 progress.update(bars[sku["sku"]], completed=_done(sku), state=state)
@@ -79,18 +80,41 @@ def follow(
             job = client.job(job_id)
 
 
+def _usd(value: Any) -> str:
+    return f"${float(value or 0):.4f}"
+
+
+def cost_caption(job: dict[str, Any]) -> str:
+    """The job's tokens and estimated cost, then each SKU's (``GET /jobs/{id}``'s usage)."""
+    usage = job.get("usage") or {}
+    cap = usage.get("max_cost")
+    parts = [
+        f"estimated cost {_usd(usage.get('estimated_cost_usd'))}"
+        + (f" of max_cost {_usd(cap)}" if cap is not None else "")
+        + f", tokens in {usage.get('input_tokens', 0)} / out {usage.get('output_tokens', 0)}"
+    ]
+    for sku in job.get("skus", []):
+        if sku.get("usage"):
+            parts.append(f"{sku['sku']} {_usd(sku['usage']['estimated_cost_usd'])}")
+    return "; ".join(parts)
+
+
 def summary_table(job: dict[str, Any], images: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"job {job['job_id']}: {job['status']}")
-    for column in ("#", "sku", "stem", "status", "attempts", "result / error"):
+    table = Table(title=f"job {job['job_id']}: {job['status']}", caption=cost_caption(job))
+    for column in ("#", "sku", "stem", "status", "attempts", "tokens", "cost", "result / error"):
         table.add_column(column)
     for image in images:
         outcome = image["result_url"] or image["error"] or ""
+        usage = image.get("usage") or {}
+        tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
         table.add_row(
             str(image["position"] + 1),
             image["sku"],
             image["stem"],
             image["status"],
             str(image["attempts"]),
+            str(tokens),
+            _usd(usage.get("estimated_cost_usd")),
             outcome,
         )
     return table

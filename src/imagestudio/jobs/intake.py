@@ -26,6 +26,7 @@ from imagestudio.domain import (
     JobSpec,
     OutputSpec,
     ProviderSpec,
+    WebhookSpec,
 )
 from imagestudio.errors import PayloadInvalid
 from imagestudio.jobs.payload import (
@@ -38,6 +39,7 @@ from imagestudio.jobs.payload import (
 from imagestudio.jobs.prompts import build_prompt
 from imagestudio.providers.registry import choose_api_style
 from imagestudio.security.redact import strip_userinfo
+from imagestudio.security.webhook_secret import webhook_secret_problem
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX*]\s*(\d+)\s*$")
 _FORMAT_ALIASES = {"jpg": "jpeg"}
@@ -99,6 +101,7 @@ def build_job_spec(payload: JobPayload, *, user_id: str, limits: IntakeLimits) -
     if not model:
         raise PayloadInvalid("options.model", "a model name is required")
     images = _images(payload, limits)
+    webhook = _webhook(payload)
     config = redacted_config(payload)
     return JobSpec(
         job_id=payload.job_id,
@@ -116,7 +119,30 @@ def build_job_spec(payload: JobPayload, *, user_id: str, limits: IntakeLimits) -
         api_key=api_key,
         max_concurrency=options.max_concurrency,
         sku_serial=options.sku_serial,
+        max_cost=options.max_cost,
+        webhook=webhook,
     )
+
+
+def _webhook(payload: JobPayload) -> WebhookSpec | None:
+    """The job's webhook endpoint, checked for its form (its address is checked at submit
+    and at every send, ``JobService``); a secret without a URL is refused too."""
+    options = payload.options
+    secret = (options.webhook_secret or "").strip() or None
+    if secret is not None:
+        problem = webhook_secret_problem(secret)
+        if problem is not None:
+            raise PayloadInvalid("options.webhook_secret", problem)
+    if not (options.webhook_url or "").strip():
+        if secret is not None:
+            raise PayloadInvalid("options.webhook_url", "a webhook secret needs a webhook URL")
+        return None
+    url = _check_url("options.webhook_url", options.webhook_url or "")
+    if "@" in urlsplit(url).netloc:
+        raise PayloadInvalid(
+            "options.webhook_url", "credentials in the URL are refused; sign with a secret"
+        )
+    return WebhookSpec(url=url, secret=secret, image_events=options.webhook_image_events)
 
 
 def output_spec(payload: JobPayload) -> OutputSpec:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from imagestudio.policy.webhooks import shown_url
 from imagestudio.providers.registry import is_api_style, unknown_api_style
 
 SUPPORTED_MODES = ("batch_series_generate", "single_generate")
@@ -56,6 +57,10 @@ class JobOptions(_Open):
     api_style: str | None = None  # one of ``providers.registry.ADAPTERS``; None: by model
     max_concurrency: int | None = Field(default=None, ge=1, le=MAX_JOB_CONCURRENCY)
     sku_serial: bool = False
+    max_cost: float | None = Field(default=None, gt=0)  # USD, estimated (docs/costs.md)
+    webhook_url: str | None = None
+    webhook_secret: str | None = None  # whsec_...; sealed, never stored in config
+    webhook_image_events: bool = False
 
     @field_validator("api_style")
     @classmethod
@@ -88,7 +93,13 @@ def payload_hash(config: dict[str, Any]) -> str:
 
 
 def redacted_config(payload: JobPayload) -> dict[str, Any]:
-    """The payload as JSON with the API key removed: what ``ai_job.config`` stores."""
+    """The payload as JSON with the API key and the webhook secret removed, and the webhook
+    URL without credentials or query (``shown_url``): what ``ai_job.config`` stores. The
+    whole URL and the secret are sealed beside the job (``ai_job_webhook``)."""
     config = payload.model_dump(mode="json", by_alias=True, exclude_none=False)
-    config["options"].pop("api_key", None)
+    options = config["options"]
+    options.pop("api_key", None)
+    options.pop("webhook_secret", None)
+    if options.get("webhook_url"):
+        options["webhook_url"] = shown_url(options["webhook_url"])
     return config

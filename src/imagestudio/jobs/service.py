@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imagestudio.domain import JobSpec
+from imagestudio.domain import JobSpec, WebhookSpec
 from imagestudio.errors import (
     JobNotFound,
     PayloadInvalid,
@@ -22,15 +22,21 @@ from imagestudio.errors import (
 )
 from imagestudio.jobs.intake import IntakeLimits, build_job_spec, gc_paused, parse_payload
 from imagestudio.policy.quota import Quota, refusal
+from imagestudio.policy.webhooks import shown_url
 from imagestudio.security.crypto import SecretBox
 from imagestudio.security.netguard import Resolver, ensure_public_url, system_resolve
 from imagestudio.security.redact import redact
 from imagestudio.storage import ResultStorage, sweep
-from imagestudio.store.records import JobProgress, JobRecord
+from imagestudio.store.records import JobProgress, JobRecord, SealedWebhook
 from imagestudio.store.store import Store
 
 LOCAL_USER = "local"
 RELEASE_AFTER_IMAGES = 5000  # an intake this big then calls ``release_memory``
+
+
+def scrub_url(message: str, url: str) -> str:
+    """``message`` with ``url`` shown without its query (a receiver's token may be there)."""
+    return message.replace(url, shown_url(url)) if url else message
 
 
 def _nothing() -> None:
@@ -70,10 +76,12 @@ class JobService:
         allow_list: Sequence[str] = (),
         resolver: Resolver = system_resolve,
         on_new_work: Callable[[], None] = _nothing,
+        server_webhook_secret: bool = False,
         release_memory: Callable[[], None] = _nothing,
     ) -> None:
         self.store, self.storage, self.box = store, storage, box
         self.limits, self.allow_list, self.on_new_work = limits, list(allow_list), on_new_work
+        self.server_webhook_secret = server_webhook_secret  # IMAGESTUDIO_WEBHOOK_SECRET set
         self.release_memory = release_memory
         self.quota, self.quota_retry_after = quota or Quota(), quota_retry_after
         self.resolver = resolver  # the submission check's (the connect-time check is Outbound's)
@@ -88,12 +96,11 @@ class JobService:
         # Validating a 100,000-image payload takes about a second of CPU: off the event loop,
         # so in-process workers keep their heartbeats and other requests their answers.
         spec = await asyncio.to_thread(self._spec, raw, user)
-        try:
-            await ensure_public_url(spec.provider.api_base, self.allow_list, self.resolver)
-        except (UnsafeURL, SourceUnavailable) as exc:  # refused, or its name did not resolve
-            raise PayloadInvalid("options.api_base", redact(exc.message)) from exc
+        # the api_base must resolve now (a name that does not is a 422 naming it)
+        await self._check_url("options.api_base", spec.provider.api_base, must_resolve=True)
+        webhook = await self._webhook(spec.webhook)
         await self._admit(spec)
-        result = await self.store.submit(spec, self.box.seal(spec.api_key))
+        result = await self.store.submit(spec, self.box.seal(spec.api_key), webhook)
         if len(spec.images) >= RELEASE_AFTER_IMAGES:
             del spec
             await asyncio.to_thread(self.release_memory)
@@ -114,6 +121,34 @@ class JobService:
         problem = refusal(in_flight, len(spec.images), self.quota)
         if problem is not None:
             raise TooMuchInFlight(problem, retry_after=self.quota_retry_after)
+
+    async def _check_url(self, field: str, url: str, *, must_resolve: bool = False) -> None:
+        """The SSRF guard's verdict on ``url`` as a 422 naming ``field``; ``must_resolve``:
+        a host that cannot be resolved now is refused too."""
+        refused: tuple[type[UnsafeURL | SourceUnavailable], ...] = (UnsafeURL,)
+        if must_resolve:
+            refused = (UnsafeURL, SourceUnavailable)
+        try:
+            await ensure_public_url(url, self.allow_list, self.resolver)
+        except refused as exc:
+            raise PayloadInvalid(field, redact(scrub_url(exc.message, url))) from exc
+
+    async def _webhook(self, webhook: WebhookSpec | None) -> SealedWebhook | None:
+        """The job's webhook endpoint checked (address, a secret to sign with) and sealed."""
+        if webhook is None:
+            return None
+        await self._check_url("options.webhook_url", webhook.url, must_resolve=True)
+        if webhook.secret is None and not self.server_webhook_secret:
+            raise PayloadInvalid(
+                "options.webhook_secret",
+                "a webhook needs a whsec_ secret: give one, or the server sets "
+                "IMAGESTUDIO_WEBHOOK_SECRET",
+            )
+        return SealedWebhook(
+            url_enc=self.box.seal(webhook.url),
+            secret_enc=self.box.seal(webhook.secret) if webhook.secret else None,
+            image_events=webhook.image_events,
+        )
 
     def _spec(self, raw: bytes | dict[str, Any], user: str | None) -> JobSpec:
         with gc_paused():

@@ -38,6 +38,29 @@ class Metrics:
             "429 rate-limit answers from providers",
             registry=self.registry,
         )
+        self.tokens = Counter(
+            "imagestudio_provider_tokens_total",
+            "Tokens the providers' answers said calls used, by model and kind",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "imagestudio_estimated_cost_usd_total",
+            "Estimated cost of provider calls in USD (price table), by model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.budget_stops = Counter(
+            "imagestudio_budget_stops_total",
+            "Calls not started because the job's max_cost would have been passed",
+            registry=self.registry,
+        )
+        self.webhook_tries = Counter(
+            "imagestudio_webhook_tries_total",
+            "Webhook delivery tries, by result (delivered, retry, failed)",
+            ["result"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "imagestudio_queue_depth",
             "Images queued",

@@ -13,8 +13,9 @@ permanent   ContentRejected, ProviderBadRequest, SourceNotFound, SourceTooLarge,
             BadImage, UnsafeURL, AnswerTooLarge (over an outbound byte cap: the same
             request gets the same answer) -> the image fails now with the cleaned message.
 job-fatal   AuthFailed, QuotaExhausted, ApiBaseRefused (the api_base now resolves to a
-            refused address) -> the job stops; its queued images fail with the same
-            reason without calling the provider.
+            refused address), BudgetExceeded (the next call would pass the job's max_cost)
+            -> the job stops; its queued images fail with the same reason without calling
+            the provider.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from imagestudio.errors import (
     AnswerTooLarge,
     ApiBaseRefused,
     AuthFailed,
+    BudgetExceeded,
     ContentRejected,
     ImageStudioError,
     InputError,
@@ -102,7 +104,7 @@ def decide(
     rng: random.Random,
 ) -> Decision:
     """Retry, fail the image, or fail the job, for ``error`` raised by the attempt."""
-    if isinstance(error, AuthFailed | QuotaExhausted | ApiBaseRefused):
+    if isinstance(error, AuthFailed | QuotaExhausted | ApiBaseRefused | BudgetExceeded):
         return FailJob(describe(error))
     if isinstance(error, InputError | ContentRejected | ProviderBadRequest | AnswerTooLarge):
         return FailImage(describe(error))

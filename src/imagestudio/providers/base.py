@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from imagestudio.domain import RateInfo, SourceFile
+from imagestudio.domain import RateInfo, SourceFile, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,10 +18,12 @@ class ImageRequest:
 
 @dataclass(frozen=True, slots=True)
 class ImageResult:
-    """The image bytes and what the answer's rate-limit headers said (if anything)."""
+    """The image bytes, what the answer's rate-limit headers said and what its ``usage``
+    said the call used (each ``None`` if the answer did not say)."""
 
     data: bytes
     rate: RateInfo | None = None
+    usage: Usage | None = None
 
 
 MAX_ANSWER_BYTES = 32 * 1024 * 1024

@@ -19,6 +19,7 @@ from imagestudio.providers.base import ImageRequest, ImageResult
 from imagestudio.providers.error_map import scrub
 from imagestudio.providers.openai_images import OpenAIClientBase, decode_data_url
 from imagestudio.providers.retry_after import parse_rate_info
+from imagestudio.providers.usage import chat_usage
 
 _URL_IN_TEXT = re.compile(
     r"(data:image/[\w.+-]+;base64,[A-Za-z0-9+/=_-]+)|!\[[^\]]*\]\((https?://[^)\s]+)\)"
@@ -75,7 +76,9 @@ class OpenAIChatProvider(OpenAIClientBase):
                 extra_body={"modalities": ["image", "text"]},
             )
         )
-        return ImageResult(await self._image(self.parsed(raw)), parse_rate_info(raw.headers))
+        completion = self.parsed(raw)
+        image = await self._image(completion)
+        return ImageResult(image, parse_rate_info(raw.headers), chat_usage(completion))
 
     async def _image(self, completion: Any) -> bytes:
         choices = getattr(completion, "choices", None)

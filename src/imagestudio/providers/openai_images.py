@@ -36,6 +36,7 @@ from imagestudio.errors import (
 from imagestudio.providers.base import MAX_ANSWER_BYTES, ImageRequest, ImageResult, ProviderConfig
 from imagestudio.providers.error_map import MAPPED_EXCEPTIONS, map_provider_error, scrub
 from imagestudio.providers.retry_after import parse_rate_info
+from imagestudio.providers.usage import images_usage
 from imagestudio.security.http import MAX_REDIRECTS, Answer, Outbound, OutboundPolicy
 
 HttpClient = httpx2.AsyncClient | httpx.AsyncClient
@@ -248,14 +249,16 @@ class OpenAIImagesProvider(OpenAIClientBase):
             raw = await self._sdk(images.edit(image=image, **params))
         else:
             raw = await self._sdk(images.generate(**params))
-        data = getattr(self.parsed(raw), "data", None)
+        answer = self.parsed(raw)
+        data = getattr(answer, "data", None)
         if data is None:
             raise NoImageReturned("provider answered 200 without a data list")
         if not isinstance(data, list):
             raise NoImageReturned(f"provider answered 200 with data as a {type(data).__name__}")
         if not data:
             raise NoImageReturned("provider answered 200 with an empty data list (no image)")
-        return ImageResult(await self._first_image(data), parse_rate_info(raw.headers))
+        found = await self._first_image(data)
+        return ImageResult(found, parse_rate_info(raw.headers), images_usage(answer))
 
     async def _first_image(self, data: list[Any]) -> bytes:
         for item in data:

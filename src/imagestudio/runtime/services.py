@@ -12,21 +12,26 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from imagestudio.domain import FILES_PATH
+from imagestudio.errors import ImageStudioError
 from imagestudio.imaging.fetch import SourceFetcher
 from imagestudio.imaging.pool import ImagingExecutor, cpu_count, open_imaging
 from imagestudio.jobs.intake import IntakeLimits
 from imagestudio.jobs.service import JobService
 from imagestudio.observability.metrics import Metrics
+from imagestudio.policy.cost import Price
 from imagestudio.policy.governor import GovernorParams
 from imagestudio.policy.quota import Quota
 from imagestudio.policy.retry import RetryPolicy
+from imagestudio.policy.webhooks import RetryPlan
 from imagestudio.runtime.memory import cap_malloc_arenas, release_freed_memory
 from imagestudio.scheduler.probe import NO_PROBE, Probe
 from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
+from imagestudio.scheduler.webhooks import SenderConfig, WebhookSender
 from imagestudio.scheduler.worker import Worker, WorkerConfig
 from imagestudio.security.crypto import SecretBox, load_or_create_key
 from imagestudio.security.http import Outbound, OutboundPolicy
 from imagestudio.security.netguard import Resolver, system_resolve
+from imagestudio.security.webhook_secret import webhook_secret_problem
 from imagestudio.settings import Settings
 from imagestudio.storage import open_storage
 from imagestudio.storage.base import ResultStorage
@@ -47,6 +52,7 @@ class Services:
     wakeup: asyncio.Event
     jobs: JobService
     imaging: ImagingExecutor
+    webhooks: WebhookSender
 
     def wake_workers(self) -> None:
         """Tell in-process workers new work is there, so they claim without waiting a poll."""
@@ -61,7 +67,13 @@ class Services:
             poll_interval=s.poll_interval,
             heartbeat_interval=min(2.0, s.lease_seconds / 3),
         )
-        return Worker(self.store, self.runner, config, wakeup=wakeup or self.wakeup)
+        return Worker(
+            self.store,
+            self.runner,
+            config,
+            wakeup=wakeup or self.wakeup,
+            sidecar=self.webhooks.run,
+        )
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -72,6 +84,37 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         deadline_seconds=settings.image_deadline_seconds,
         backoff_base=settings.backoff_base_seconds,
         backoff_max=settings.backoff_max_seconds,
+    )
+
+
+def price_table(settings: Settings) -> dict[str, Price]:
+    """The settings' price table (defaults and overrides) as the cost policy's values."""
+    return {
+        model: Price(
+            text_input_per_mtok=row.text_input_per_mtok,
+            image_input_per_mtok=row.image_input_per_mtok,
+            output_per_mtok=row.output_per_mtok,
+            per_image=dict(row.per_image),
+            estimate=row.estimate,
+        )
+        for model, row in settings.price_table().items()
+    }
+
+
+def sender_config(settings: Settings) -> SenderConfig:
+    """The webhook sender's settings; a malformed IMAGESTUDIO_WEBHOOK_SECRET stops the start."""
+    secret = settings.webhook_secret
+    if secret is not None:
+        problem = webhook_secret_problem(secret.get_secret_value())
+        if problem is not None:
+            raise ImageStudioError(f"IMAGESTUDIO_WEBHOOK_SECRET {problem}")
+    return SenderConfig(
+        plan=RetryPlan(
+            base=settings.webhook_backoff_base_seconds, max_age=settings.webhook_max_age_seconds
+        ),
+        timeout=settings.webhook_timeout_seconds,
+        poll_interval=settings.webhook_poll_seconds,
+        server_secret=secret.get_secret_value() if secret else None,
     )
 
 
@@ -124,6 +167,7 @@ async def open_services(
         max_pixels=settings.max_pixels,
         provider_timeout=settings.provider_timeout_seconds,
         files_url=files_url(settings),
+        prices=price_table(settings),
     )
     providers = ProviderPool(
         box,
@@ -160,12 +204,31 @@ async def open_services(
         allow_list=settings.private_allow_list(),
         resolver=resolver,
         on_new_work=wakeup.set,
+        server_webhook_secret=settings.webhook_secret is not None,
         release_memory=release_freed_memory,
+    )
+    webhooks = WebhookSender(
+        store,
+        box,
+        http,
+        sender_config(settings),
+        metrics=metrics,
     )
     try:
         await imaging.start()
         yield Services(
-            settings, store, storage, box, http, providers, runner, metrics, wakeup, jobs, imaging
+            settings,
+            store,
+            storage,
+            box,
+            http,
+            providers,
+            runner,
+            metrics,
+            wakeup,
+            jobs,
+            imaging,
+            webhooks,
         )
     finally:
         await imaging.aclose()

@@ -12,13 +12,14 @@ import random
 import re
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 
 import structlog
 
 from imagestudio.domain import TERMINAL_JOB_STATUSES
 from imagestudio.errors import (
+    BudgetExceeded,
     ImageStudioError,
     LeaseLost,
     ProviderError,
@@ -30,6 +31,7 @@ from imagestudio.imaging.fetch import SourceFetcher
 from imagestudio.imaging.pool import ImagingExecutor, ThreadImaging
 from imagestudio.imaging.process import postprocess, prepare_source
 from imagestudio.observability.metrics import Metrics
+from imagestudio.policy.cost import Price, call_cost, price_for
 from imagestudio.policy.governor import Observation, long_cooldown
 from imagestudio.policy.retry import (
     AttemptState,
@@ -45,6 +47,7 @@ from imagestudio.providers.base import (
     MAX_ANSWER_BYTES,
     ImageProvider,
     ImageRequest,
+    ImageResult,
     ProviderConfig,
 )
 from imagestudio.providers.registry import make_provider, provider_size
@@ -54,7 +57,8 @@ from imagestudio.security.crypto import SecretBox
 from imagestudio.security.http import Outbound
 from imagestudio.security.redact import KNOWN
 from imagestudio.storage import ResultStorage, sweep
-from imagestudio.store.records import ClaimedTask, Failed, Outcome, Requeue, Succeeded
+from imagestudio.store.budget import Refused
+from imagestudio.store.records import ClaimedTask, Failed, Outcome, Requeue, Spend, Succeeded
 from imagestudio.store.store import Store
 
 log = structlog.get_logger("imagestudio.runner")
@@ -117,6 +121,14 @@ class RunnerConfig:
     max_pixels: int
     provider_timeout: float  # a total deadline per provider call (the pool's clients use it)
     files_url: str  # the API's files route, e.g. "/api/v1/image_studio/files"
+    prices: Mapping[str, Price] = field(default_factory=dict)  # by model (``policy.cost``)
+
+
+@dataclass(slots=True)
+class _Spent:
+    """What this attempt's provider call used, once it answered (recorded with the outcome)."""
+
+    value: Spend | None = None
 
 
 def result_url(storage: ResultStorage, files_url: str, key: str) -> str:
@@ -273,8 +285,9 @@ class TaskRunner:
         )
         bound.info(f"Processing image {task.position + 1}/{task.job.total}")
         outcome: Outcome
+        spent = _Spent()
         try:
-            outcome = await self._attempt(task, hooks)
+            outcome = await self._attempt(task, hooks, spent)
         except LeaseLost:
             bound.info("task no longer held (cancelled or taken over); stopped")
             return
@@ -285,7 +298,7 @@ class TaskRunner:
         hooks.recording()
         try:
             with timed(self.probe, Stage.FINISH):
-                status = await self.store.finish(task, outcome)
+                status = await self.store.finish(task, outcome, spent.value)
         except LeaseLost:
             bound.warning("lease lost; result discarded")
             if isinstance(outcome, Succeeded):
@@ -303,7 +316,7 @@ class TaskRunner:
         if status in TERMINAL_JOB_STATUSES:
             await sweep(self.storage, f"{task.job_pk}/", await self.store.result_keys(task.job_pk))
 
-    async def _attempt(self, task: ClaimedTask, hooks: RunHooks) -> Succeeded:
+    async def _attempt(self, task: ClaimedTask, hooks: RunHooks, spent: _Spent) -> Succeeded:
         if task.attempts > self.config.policy.max_attempts:
             raise ImageStudioError(f"worker lost {task.attempts - 1} times while running it")
         job = task.job
@@ -323,9 +336,11 @@ class TaskRunner:
                 held = await self.store.still_held(task)
             if not held:  # cancelled while the source was fetched
                 raise LeaseLost("the task was cancelled or taken over before the provider call")
+            if job.max_cost is not None:
+                await self._reserve(task)
             hooks.call_started()
             try:
-                raw = await self._call(task, provider, request)
+                raw = await self._call(task, provider, request, spent)
             finally:
                 hooks.call_done()
         data = await self.imaging.run(
@@ -338,8 +353,33 @@ class TaskRunner:
         url = result_url(self.storage, self.config.files_url, key)
         return Succeeded(result_key=key, result_url=url)
 
+    async def _reserve(self, task: ClaimedTask) -> None:
+        """Reserve the call's estimate of the job's budget, or stop the job (``max_cost``)."""
+        reserved = await self.store.reserve(task, price_for(self.config.prices, task.job.model))
+        if isinstance(reserved, Refused):
+            self.metrics.budget_stops.inc()
+            raise BudgetExceeded(reserved.reason)
+
+    def _spend(self, task: ClaimedTask, request: ImageRequest, result: ImageResult) -> Spend:
+        """What the call used and its estimated cost, counted in the metrics too."""
+        model = task.job.model
+        price = price_for(self.config.prices, model)
+        cost = call_cost(price, result.usage, request.size)
+        used = result.usage
+        if used is not None:
+            for kind, tokens in (
+                ("input_text", used.input_text_tokens),
+                ("input_image", used.input_image_tokens),
+                ("output", used.output_tokens),
+            ):
+                if tokens:
+                    self.metrics.tokens.labels(model, kind).inc(tokens)
+        if cost:
+            self.metrics.cost.labels(model).inc(cost)
+        return Spend(usage=used, cost=cost)
+
     async def _call(
-        self, task: ClaimedTask, provider: ImageProvider, request: ImageRequest
+        self, task: ClaimedTask, provider: ImageProvider, request: ImageRequest, spent: _Spent
     ) -> bytes:
         """One provider call; what it tells about the provider's limits goes to its governor."""
         key = task.job.provider_key
@@ -359,6 +399,7 @@ class TaskRunner:
             raise
         self.calls.end(key)
         now = time.time()
+        spent.value = self._spend(task, request, result)
         self.metrics.provider_calls.labels("ok").inc()
         self.metrics.provider_latency.observe(now - sent_at)
         observation = Observation(

@@ -20,7 +20,9 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -85,8 +87,10 @@ class Worker:
         worker_id: str | None = None,
         wakeup: asyncio.Event | None = None,
         probe: Probe | None = None,
+        sidecar: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.store, self.runner, self.config = store, runner, config
+        self.sidecar = sidecar  # runs beside the loop until stop (the webhook sender)
         self.probe = runner.probe if probe is None else probe  # one probe sees a task's life
         self.id = worker_id or new_worker_id()
         self.wakeup = wakeup or asyncio.Event()
@@ -104,6 +108,9 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then drain: finish in-flight tasks within the grace."""
         heartbeat = asyncio.create_task(self._heartbeat_loop())
+        beside: asyncio.Task[None] | None = None
+        if self.sidecar is not None:
+            beside = asyncio.create_task(self.sidecar(stop))
         log.info(
             "worker started",
             worker=self.id,
@@ -116,9 +123,11 @@ class Worker:
                 await self._idle(stop, wake_at)
         finally:
             await self._drain()
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for task in (heartbeat, beside):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             log.info("worker stopped", worker=self.id)
 
     async def run_until_idle(self, settle: float = 0.05) -> None:

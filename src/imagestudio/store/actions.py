@@ -9,6 +9,7 @@ Functions take a connection; the ``Store`` facade chooses the engine and the tra
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -53,9 +54,12 @@ async def cancel(conn: AsyncConnection, job_pk: str, now: datetime) -> str:
         .where(att.c.job_pk == job_pk, att.c.ended_at.is_(None))
         .values(ended_at=now, outcome="cancelled")
     )
-    status = await jobs.rollup(conn, job_pk, now, moved, cancel_requested=True)
-    await outbox.append(conn, now, [(job_pk, "job", {"status": status, "action": "cancel"})])
-    return status
+    rolled = await jobs.rollup(conn, job_pk, now, moved, cancel_requested=True)
+    data: dict[str, Any] = {"status": rolled.status, "action": "cancel"}
+    if rolled.ended:
+        data["job_ended"] = True
+    await outbox.append(conn, now, [(job_pk, "job", data)])
+    return rolled.status
 
 
 async def retry_failed(
@@ -98,8 +102,8 @@ async def retry_failed(
     )
     requeued = int(result.rowcount)
     moved = {FAILED: -requeued, QUEUED: requeued}
-    status = await jobs.rollup(conn, job_pk, now, moved, cancel_requested=False, error=None)
-    data = {"status": status, "action": "retry", "requeued": requeued}
+    rolled = await jobs.rollup(conn, job_pk, now, moved, cancel_requested=False, error=None)
+    data = {"status": rolled.status, "action": "retry", "requeued": requeued}
     await outbox.append(conn, now, [(job_pk, "job", data)])
     return requeued
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +31,8 @@ from imagestudio.store.records import (
     JobProgress,
     JobRecord,
     Page,
+    SealedWebhook,
+    Spent,
     SubmitResult,
 )
 from imagestudio.store.rows import attempt_record, image_record, job_record
@@ -39,6 +42,7 @@ from imagestudio.store.tables import (
     ai_job_image,
     ai_job_prompt,
     ai_job_secret,
+    ai_job_webhook,
 )
 
 QUEUED = ImageStatus.QUEUED.value
@@ -53,6 +57,7 @@ async def insert(
     *,
     defaults: governors.Defaults,
     now: datetime,
+    webhook: SealedWebhook | None = None,
 ) -> tuple[str, bool]:
     """Insert the job, its images, its sealed key and its governor; ``(job_id, created)``.
 
@@ -66,6 +71,15 @@ async def insert(
         return job_id, False
     await bulk.insert_images(conn, pk, spec.images, now)
     await conn.execute(ai_job_secret.insert().values(job_pk=pk, api_key_enc=sealed_key))
+    if webhook is not None:
+        await conn.execute(
+            ai_job_webhook.insert().values(
+                job_pk=pk,
+                url_enc=webhook.url_enc,
+                secret_enc=webhook.secret_enc,
+                image_events=webhook.image_events,
+            )
+        )
     await governors.ensure(
         conn,
         key=_provider_key(spec),
@@ -126,6 +140,7 @@ def _job_row(spec: JobSpec, pk: str, job_id: str, now: datetime) -> dict[str, An
         "out_quality": spec.output.quality,
         "max_concurrency": spec.max_concurrency,
         "sku_serial": spec.sku_serial,
+        "max_cost": spec.max_cost,
         "cancel_requested": False,
         "created_at": now,
         "updated_at": now,
@@ -168,17 +183,32 @@ async def progress(conn: AsyncConnection, user_id: str | None, job_id: str) -> J
         return JobProgress(job=job, counts=job.counts, skus_truncated=True)
     img = ai_job_image
     query = (
-        select(img.c.sku, img.c.status, func.count(), func.min(img.c.position))
+        select(
+            img.c.sku,
+            img.c.status,
+            func.count(),
+            func.min(img.c.position),
+            func.sum(img.c.input_tokens),
+            func.sum(img.c.output_tokens),
+            func.sum(img.c.cost),
+        )
         .where(img.c.job_pk == job.id)
         .group_by(img.c.sku, img.c.status)
     )
     per_sku: dict[str, dict[str, int]] = {}
+    usage: dict[str, Spent] = {}
     first: dict[str, int] = {}
-    for sku, status, n, position in (await conn.execute(query)).all():
+    for sku, status, n, position, tokens_in, tokens_out, cost in (await conn.execute(query)).all():
         per_sku.setdefault(sku, {s.value: 0 for s in ImageStatus})[status] += n
+        usage[sku] = usage.get(sku, Spent()).plus(int(tokens_in or 0), int(tokens_out or 0), cost)
         first[sku] = min(first.get(sku, position), position)
-    ordered = {sku: per_sku[sku] for sku in sorted(per_sku, key=first.__getitem__)}
-    return JobProgress(job=job, counts=job.counts, per_sku=ordered)
+    order = sorted(per_sku, key=first.__getitem__)
+    return JobProgress(
+        job=job,
+        counts=job.counts,
+        per_sku={sku: per_sku[sku] for sku in order},
+        per_sku_usage={sku: usage[sku] for sku in order},
+    )
 
 
 async def list_jobs(
@@ -297,6 +327,15 @@ def urls_due(total: int, refreshed_at: datetime | None, now: datetime, *, ended:
     return (now - refreshed_at).total_seconds() >= URLS_REFRESH_SECONDS
 
 
+@dataclass(frozen=True, slots=True)
+class Rolled:
+    """The job's status after a roll-up; ``ended``: this change ended the job (it was not in
+    a terminal status before), which its outbox event says (``job_ended``: webhooks)."""
+
+    status: str
+    ended: bool
+
+
 async def rollup(
     conn: AsyncConnection,
     job_pk: str,
@@ -305,16 +344,17 @@ async def rollup(
     *,
     last_error: str | None = None,
     **changes: Any,
-) -> str:
+) -> Rolled:
     """Roll the job up after a change to its images, in one UPDATE of its row.
 
     ``moved`` (status -> change) is what the caller's statements did to the job's images: it
     shifts the counts (``store.counts``) in the same UPDATE, and the status comes from the
     counts after it (``policy.rollup``). ``changes`` are other columns to set with it
-    (``cancel_requested``, ``error``). The ordered result URLs are rebuilt when ``urls_due``.
-    ``last_error`` is the error of the image that just failed: a job that ends ``failed``
-    without a job-level error gets one from it (``policy.rollup.failed_job_error``).
-    A job that ends has its sealed key erased. Returns the new status.
+    (``cancel_requested``, ``error``, the cost sums). The ordered result URLs are rebuilt
+    when ``urls_due``. ``last_error`` is the error of the image that just failed: a job that
+    ends ``failed`` without a job-level error gets one from it
+    (``policy.rollup.failed_job_error``). A job that ends has its sealed key erased. Returns
+    the new status, and whether the job just ended.
 
     One UPDATE, not one per concern: on SQLite every UPDATE of a row rewrites the whole row,
     and a big job's row carries its whole payload (``config``).
@@ -352,7 +392,7 @@ async def rollup(
     await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(**values), params)
     if ended:  # the key is erased when the job ends
         await conn.execute(ai_job_secret.delete().where(ai_job_secret.c.job_pk == job_pk))
-    return status.value
+    return Rolled(status.value, ended and job.status not in TERMINAL_JOB_STATUSES)
 
 
 _URLS = bindparam("urls", type_=ai_job.c.result_image_urls.type)

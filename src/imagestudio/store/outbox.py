@@ -4,7 +4,7 @@ Writers append an event in the transaction of the change it reports (``append``:
 leases tasks, an attempt ends, a job is cancelled or retried), so an event exists exactly
 when its change committed. Two kinds of consumer read them back:
 
-- A **cursor consumer** (``EventOutbox.read`` and ``ack``; the webhook sender will be one)
+- A **cursor consumer** (``EventOutbox.read`` and ``ack``; the webhook sender is one)
   keeps its position in the database, one ``event_cursor`` row per consumer name. ``read``
   returns the events after its last ack, across all jobs; the consumer delivers them, then
   acks the last one delivered. Delivery is **at least once**: a consumer that crashes, or fails

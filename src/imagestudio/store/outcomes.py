@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from imagestudio.domain import ImageStatus
 from imagestudio.errors import LeaseLost
 from imagestudio.policy.governor import GovernorParams, GovernorState, Observation, observe
-from imagestudio.store import governors, jobs, outbox
-from imagestudio.store.records import ClaimedTask, Failed, Outcome, Requeue, Succeeded
+from imagestudio.store import governors, jobs, outbox, usage
+from imagestudio.store.records import ClaimedTask, Failed, Outcome, Requeue, Spend, Succeeded
 from imagestudio.store.tables import ai_job, ai_job_attempt, ai_job_image
 
 QUEUED, RUNNING = ImageStatus.QUEUED.value, ImageStatus.RUNNING.value
@@ -76,9 +76,15 @@ def _calls_in_flight(key: str) -> Any:
 
 
 async def finish(
-    conn: AsyncConnection, clock: Callable[[], datetime], task: ClaimedTask, outcome: Outcome
+    conn: AsyncConnection,
+    clock: Callable[[], datetime],
+    task: ClaimedTask,
+    outcome: Outcome,
+    spend: Spend | None = None,
 ) -> str:
-    """Record the attempt's outcome if this attempt still holds the task (fencing).
+    """Record the attempt's outcome if this attempt still holds the task (fencing), with
+    what its call used (``spend``): on the attempt, and added to its image's and job's sums
+    in the same UPDATEs; the image's budget reservation ends (``store.budget``).
 
     Raises ``LeaseLost`` when a newer attempt took the task over; nothing is written then.
     Returns the job's status after the roll-up.
@@ -92,7 +98,7 @@ async def finish(
             ai_job_image.c.fence == task.fence,
             ai_job_image.c.status == RUNNING,
         )
-        .values(**_outcome_values(outcome, now))
+        .values(**_outcome_values(outcome, now), **usage.image_sums(spend))
     )
     if result.rowcount != 1:
         raise LeaseLost(f"image {task.image_id} attempt {task.fence} lost its lease")
@@ -100,18 +106,21 @@ async def finish(
     await conn.execute(
         update(ai_job_attempt)
         .where(ai_job_attempt.c.image_id == task.image_id, ai_job_attempt.c.fence == task.fence)
-        .values(**_attempt_values(outcome, now))
+        .values(**_attempt_values(outcome, now), **usage.attempt_values(spend))
     )
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = usage.job_sums(spend)
     if isinstance(outcome, Failed) and outcome.fail_job:
         stopped = await _fail_queued(conn, task.job_pk, outcome, now)
         moved = {RUNNING: -1, QUEUED: -stopped, FAILED: 1 + stopped}
         changes["error"] = outcome.error
     elif isinstance(outcome, Failed):
         changes["last_error"] = outcome.error
-    status = await jobs.rollup(conn, task.job_pk, now, moved, **changes)
-    await outbox.append(conn, now, [(task.job_pk, "image", _event_data(task, outcome, status))])
-    return status
+    rolled = await jobs.rollup(conn, task.job_pk, now, moved, **changes)
+    data = _event_data(task, outcome, rolled.status)
+    if rolled.ended:
+        data["job_ended"] = True
+    await outbox.append(conn, now, [(task.job_pk, "image", data)])
+    return rolled.status
 
 
 async def _fail_queued(conn: AsyncConnection, job_pk: str, outcome: Failed, now: datetime) -> int:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from imagestudio.domain import OutputSpec
+from imagestudio.domain import OutputSpec, Usage
 from imagestudio.policy.governor import GovernorState
 
 T = TypeVar("T")
@@ -42,6 +42,28 @@ class JobRecord:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    max_cost: float | None = None
+    cost: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """What one attempt's provider call used and its estimated cost (``None``: a model the
+    price table lacks)."""
+
+    usage: Usage | None = None
+    cost: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SealedWebhook:
+    """A job's webhook endpoint as stored: URL and secret sealed (``SecretBox``)."""
+
+    url_enc: bytes
+    secret_enc: bytes | None
+    image_events: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +139,9 @@ class ImageRecord:
     first_started_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +160,24 @@ class AttemptRecord:
     outcome: str | None
     error: str | None
     wait_seconds: float | None
+    usage: Usage | None = None
+    cost: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """Tokens and estimated cost summed over some images (a SKU's)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+
+    def plus(self, input_tokens: int, output_tokens: int, cost: float | None) -> Spent:
+        return Spent(
+            self.input_tokens + input_tokens,
+            self.output_tokens + output_tokens,
+            self.cost + float(cost or 0.0),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +189,7 @@ class JobProgress:
     counts: dict[str, int]
     per_sku: dict[str, dict[str, int]] = field(default_factory=dict)
     skus_truncated: bool = False
+    per_sku_usage: dict[str, Spent] = field(default_factory=dict)
 
     @property
     def result_image_urls(self) -> list[str]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from imagestudio.domain import OutputSpec
+from imagestudio.domain import OutputSpec, Usage
 from imagestudio.store import counts
 from imagestudio.store.records import (
     AttemptRecord,
@@ -45,6 +45,10 @@ def job_record(row: Row[Any]) -> JobRecord:
         created_at=row.created_at,
         updated_at=row.updated_at,
         finished_at=row.finished_at,
+        max_cost=row.max_cost,
+        cost=float(row.cost or 0.0),
+        input_tokens=int(row.input_tokens or 0),
+        output_tokens=int(row.output_tokens or 0),
     )
 
 
@@ -77,6 +81,9 @@ def image_record(row: Row[Any]) -> ImageRecord:
         first_started_at=row.first_started_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        input_tokens=int(row.input_tokens or 0),
+        output_tokens=int(row.output_tokens or 0),
+        cost=float(row.cost or 0.0),
     )
 
 
@@ -97,7 +104,14 @@ def attempt_record(row: Row[Any]) -> AttemptRecord:
         outcome=row.outcome,
         error=row.error,
         wait_seconds=row.wait_seconds,
+        usage=_usage(row),
+        cost=row.cost,
     )
+
+
+def _usage(row: Row[Any]) -> Usage | None:
+    found = Usage(row.input_text_tokens, row.input_image_tokens, row.output_tokens)
+    return None if found == Usage() else found
 
 
 def claimed(row: Row[Any], job: JobRecord, prompt: str) -> ClaimedTask:

@@ -25,9 +25,21 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagestudio.domain import JobSpec
+from imagestudio.policy.cost import Price
 from imagestudio.policy.governor import GovernorParams, GovernorState, Observation
 from imagestudio.policy.quota import InFlight
-from imagestudio.store import actions, governors, jobs, outcomes, ownership, queue, quota
+from imagestudio.store import (
+    actions,
+    budget,
+    governors,
+    jobs,
+    outcomes,
+    ownership,
+    queue,
+    quota,
+    webhooks,
+)
+from imagestudio.store.budget import Refused, Reserved
 from imagestudio.store.governors import Pin, provider_key
 from imagestudio.store.outbox import EventOutbox
 from imagestudio.store.records import (
@@ -41,8 +53,11 @@ from imagestudio.store.records import (
     JobRecord,
     Outcome,
     Page,
+    SealedWebhook,
+    Spend,
     SubmitResult,
 )
+from imagestudio.store.webhooks import Delivery, DeliveryRecord
 
 __all__ = ["Clock", "Pin", "Store", "provider_key", "utcnow"]
 
@@ -90,12 +105,15 @@ class Store:
 
     # -- intake and reads (store.jobs) ------------------------------------------------------
 
-    async def submit(self, spec: JobSpec, sealed_key: bytes) -> SubmitResult:
-        """Insert the job and all its images in one transaction, or return the existing job
-        (``JobConflict`` if its ``job_id`` was used for another payload)."""
+    async def submit(
+        self, spec: JobSpec, sealed_key: bytes, webhook: SealedWebhook | None = None
+    ) -> SubmitResult:
+        """Insert the job and all its images (and its sealed webhook endpoint) in one
+        transaction, or return the existing job (``JobConflict`` if its ``job_id`` was used
+        for another payload)."""
         async with self.engine.begin() as conn:
             job_id, created = await jobs.insert(
-                conn, spec, sealed_key, defaults=self._defaults, now=self.clock()
+                conn, spec, sealed_key, defaults=self._defaults, now=self.clock(), webhook=webhook
             )
         job = await self.get_job(spec.user_id, job_id, urls=False)
         return jobs.submitted(job, spec, created=created)
@@ -206,11 +224,18 @@ class Store:
         async with self.reader.connect() as conn:
             return await queue.has_pending(conn)
 
-    async def finish(self, task: ClaimedTask, outcome: Outcome) -> str:
-        """Record the attempt's outcome if it still holds the task, else raise ``LeaseLost``;
-        returns the job's status after the roll-up (``outcomes.finish``)."""
+    async def finish(self, task: ClaimedTask, outcome: Outcome, spend: Spend | None = None) -> str:
+        """Record the attempt's outcome (and what its call used) if it still holds the task,
+        else raise ``LeaseLost``; returns the job's status after the roll-up
+        (``outcomes.finish``)."""
         async with self.engine.begin() as conn:
-            return await outcomes.finish(conn, self.clock, task, outcome)
+            return await outcomes.finish(conn, self.clock, task, outcome, spend)
+
+    async def reserve(self, task: ClaimedTask, price: Price | None) -> Reserved | Refused:
+        """Reserve an estimate of the task's call against its job's ``max_cost``
+        (``budget.reserve``); only for jobs that have one."""
+        async with self.engine.begin() as conn:
+            return await budget.reserve(conn, task, price)
 
     async def end_call(
         self, task: ClaimedTask, sent_at: float, observation: Observation | None
@@ -255,6 +280,50 @@ class Store:
         """The governors (all, or those of ``keys``) with their running tasks, for display."""
         async with self.reader.connect() as conn:
             return await governors.views(conn, keys)
+
+    # -- webhooks (store.webhooks) ----------------------------------------------------------
+
+    async def enqueue_webhooks(self, events: Sequence[EventRecord]) -> int:
+        """Make the webhook messages of outbox events (once each); returns how many are new."""
+        if not events:
+            return 0
+        async with self.reader.connect() as conn:  # most events are of jobs without one
+            if not await webhooks.any_hooked(conn, sorted({e.job_pk for e in events})):
+                return 0
+        async with self.engine.begin() as conn:
+            return await webhooks.enqueue(conn, events, self.clock())
+
+    async def claim_webhooks(self, limit: int, lease_seconds: float) -> list[Delivery]:
+        """Lease up to ``limit`` due webhook messages, counting their try."""
+        now = self.clock()
+        async with self.reader.connect() as conn:  # an idle sender only reads
+            if not await webhooks.any_due(conn, now):
+                return []
+        async with self.engine.begin() as conn:
+            return await webhooks.claim(conn, now, now + timedelta(seconds=lease_seconds), limit)
+
+    async def record_webhook(
+        self,
+        delivery: Delivery,
+        *,
+        status_code: int | None,
+        error: str | None,
+        next_attempt_at: datetime | None,
+    ) -> bool:
+        """A try's result, if its lease still holds (``webhooks.record``)."""
+        async with self.engine.begin() as conn:
+            return await webhooks.record(
+                conn,
+                delivery,
+                now=self.clock(),
+                status_code=status_code,
+                error=error,
+                next_attempt_at=next_attempt_at,
+            )
+
+    async def webhook_deliveries(self, job_pk: str, limit: int = 50) -> list[DeliveryRecord]:
+        async with self.reader.connect() as conn:
+            return await webhooks.of_job(conn, job_pk, limit)
 
     async def events_after(self, job_pk: str, after: int, limit: int = 500) -> list[EventRecord]:
         """The job's events past event ``after`` (``EventOutbox.events_after``)."""

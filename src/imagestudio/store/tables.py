@@ -147,6 +147,14 @@ ai_job = Table(
     # when ``result_image_urls`` was last rebuilt from the images.
     Column("last_started_at", UTCDateTime),
     Column("urls_refreshed_at", UTCDateTime),
+    # Usage and estimated cost (``store.usage``): the sums of the job's attempts, kept by
+    # ``outcomes.finish``; ``max_cost`` the job's budget, ``cost_call_max`` the dearest call so
+    # far (the next call's estimate, ``store.budget``).
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cost", Float, nullable=False, server_default="0"),
+    Column("max_cost", Float),
+    Column("cost_call_max", Float),
     UniqueConstraint("user_id", "job_id"),
     Index(None, "type", "created_at"),
     Index(None, "user_id", "created_at"),
@@ -200,6 +208,12 @@ ai_job_image = Table(
     Column("error", Text),
     Column("error_kind", String(64)),
     Column("updated_at", UTCDateTime, nullable=False),
+    # The sums of the image's attempts' usage and estimated cost; ``cost_reserved`` what the
+    # running attempt reserved of its job's budget before its call (``store.budget``).
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cost", Float, nullable=False, server_default="0"),
+    Column("cost_reserved", Float),
     UniqueConstraint("job_pk", "position"),
     Index(None, "status", "run_after"),
     # A job's images of one status in payload order: the claim's per-job heads, the roll-up's
@@ -222,6 +236,11 @@ ai_job_attempt = Table(
     Column("outcome", String(32)),
     Column("error", Text),
     Column("wait_seconds", Float),
+    # What the provider's answer said it used (``usage``) and its estimated cost (price table).
+    Column("input_text_tokens", Integer),
+    Column("input_image_tokens", Integer),
+    Column("output_tokens", Integer),
+    Column("cost", Float),
     Index(None, "job_pk", "started_at"),
 )
 
@@ -248,6 +267,42 @@ event_cursor = Table(
     Column("last_tx", BigInteger, nullable=False, server_default="0"),
     Column("last_event_id", BigInteger, nullable=False, server_default="0"),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+ai_job_webhook = Table(
+    "ai_job_webhook",
+    metadata,
+    # A job's webhook endpoint: the URL and its secret sealed like API keys (``crypto``).
+    # ``secret_enc`` NULL: sign with IMAGESTUDIO_WEBHOOK_SECRET.
+    Column("job_pk", String(36), ForeignKey("ai_job.id", ondelete="CASCADE"), primary_key=True),
+    Column("url_enc", LargeBinary, nullable=False),
+    Column("secret_enc", LargeBinary),
+    Column("image_events", Boolean, nullable=False, server_default="0"),
+)
+
+webhook_delivery = Table(
+    "webhook_delivery",
+    metadata,
+    # One message to one job's endpoint (``store.webhooks``), made from one outbox event;
+    # ``msg_id`` is its ``webhook-id``, the same on every try.
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("job_pk", String(36), ForeignKey("ai_job.id", ondelete="CASCADE"), nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("msg_id", String(64), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("payload", Json, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime),
+    UniqueConstraint("event_id", "type"),
+    UniqueConstraint("msg_id"),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "job_pk", "id"),
 )
 
 provider_governor = Table(

@@ -84,7 +84,8 @@ async def list_jobs(
 async def get_job(store: StoreDep, user: UserDep, signer: SignerDep, job_id: str) -> JobOut:
     progress = await store.progress(user, job_id)
     views = await store.governor_states([progress.job.provider_key])
-    return signed_job(job_out(progress, views[0] if views else None), signer)
+    deliveries = await store.webhook_deliveries(progress.job.id)
+    return signed_job(job_out(progress, views[0] if views else None, deliveries), signer)
 
 
 DEFAULT_PAGE, MAX_PAGE = 500, 5000

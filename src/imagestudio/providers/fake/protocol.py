@@ -184,13 +184,31 @@ async def parse_chat(request: Request) -> ParsedRequest:
     return parsed
 
 
-def _usage(prompt: str) -> dict[str, Any]:
+# gpt-image-1's output tokens at high quality by size (OpenAI's published table); other sizes
+# are counted like the nearest, by area.
+OUTPUT_TOKENS = {(1024, 1024): 4160, (1024, 1536): 6240, (1536, 1024): 6208}
+
+
+def output_tokens(size: tuple[int, int]) -> int:
+    if size in OUTPUT_TOKENS:
+        return OUTPUT_TOKENS[size]
+    area = size[0] * size[1]
+    nearest = min(OUTPUT_TOKENS, key=lambda known: abs(known[0] * known[1] - area))
+    return OUTPUT_TOKENS[nearest]
+
+
+def _usage(prompt: str, size: tuple[int, int], edit: bool) -> dict[str, Any]:
+    """``usage`` as OpenAI's images API answers it for gpt-image-1: text tokens about a
+    quarter of the prompt's characters, 272 image tokens for a source image (an edit), and the
+    output tokens of the size."""
     text_tokens = max(1, len(prompt) // 4)
+    image_tokens = 272 if edit else 0
+    out = output_tokens(size)
     return {
-        "input_tokens": text_tokens + 272,
-        "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 272},
-        "output_tokens": 4160,
-        "total_tokens": text_tokens + 272 + 4160,
+        "input_tokens": text_tokens + image_tokens,
+        "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
+        "output_tokens": out,
+        "total_tokens": text_tokens + image_tokens + out,
     }
 
 
@@ -201,7 +219,8 @@ def images_body(parsed: ParsedRequest, image: bytes | None, url: str | None) -> 
         data.append({"url": url, "revised_prompt": parsed.prompt})
     elif image is not None:
         data.append({"b64_json": base64.b64encode(image).decode()})
-    return {"created": int(time.time()), "data": data, "usage": _usage(parsed.prompt)}
+    usage = _usage(parsed.prompt, parsed.size, parsed.source is not None)
+    return {"created": int(time.time()), "data": data, "usage": usage}
 
 
 def chat_body(parsed: ParsedRequest, image: bytes | None) -> dict[str, Any]:
