@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import make_settings
@@ -67,7 +68,10 @@ async def test_max_cost_stops_new_calls_and_ends_the_job_naming_it(
     services: Services, fake_provider: BackgroundServer, slots: int
 ) -> None:
     cap = 0.4  # the seed's 5 images cost about 0.85
-    payload = batch_payload(fake_provider.url, "capped", options={"max_cost": cap})
+    # calls in flight follow the governor, not the worker's slots: one call at a time is the
+    # job's own cap
+    options: dict[str, Any] = {"max_cost": cap} | ({"max_concurrency": 1} if slots == 1 else {})
+    payload = batch_payload(fake_provider.url, "capped", options=options)
     result = await services.jobs.submit(payload, None)
     await services.worker(slots).run_until_idle()
     job = (await services.store.progress(None, "capped")).job

@@ -123,6 +123,7 @@ async def test_an_api_base_rebinding_after_submission_stops_the_job_with_0_conne
     with BackgroundServer(app, port=port) as fake, Canary("127.0.0.2", port) as canary:
         payload = batch_payload(fake.url, "rebind", images_per_sku=(2, 1), size=64)
         payload["options"]["api_base"] = f"http://provider.test:{port}/v1"  # type: ignore[index]
+        payload["options"]["max_concurrency"] = 2  # type: ignore[index]
         async with open_services(settings, resolver=resolver) as services:
             await services.jobs.submit(payload, None)  # the check sees 127.0.0.1: accepted
             await services.worker(2).run_until_idle()
@@ -134,6 +135,6 @@ async def test_an_api_base_rebinding_after_submission_stops_the_job_with_0_conne
     assert "refused to connect to the provider's api_base" in progress.job.error
     assert "resolves to 127.0.0.2" in progress.job.error
     assert [image.status for image in images] == ["failed"] * 3
-    # Only the calls already started when the first was refused tried (2 workers); the
-    # third image failed with the job, never tried.
+    # Only the calls already started when the first was refused tried (the job's cap is 2);
+    # the third image failed with the job, never tried.
     assert sum(image.attempts for image in images) <= 2
