@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     s3_presign_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     s3_path_style: bool | None = None
     s3_acl: str | None = None  # a canned ACL put on each result, e.g. "public-read"
+    # The store's address as result URLs' users reach it, when not AWS_ENDPOINT_URL (compose:
+    # the workers reach http://minio:9000, a browser http://localhost:9000).
+    s3_public_endpoint_url: str | None = None
     # The usual AWS settings, under their own names (no IMAGESTUDIO_ prefix). Keys left
     # unset fall back to botocore's chain: AWS_PROFILE, the shared files, SSO, instance roles.
     aws_endpoint_url: str | None = Field(

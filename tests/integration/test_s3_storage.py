@@ -221,3 +221,33 @@ def test_the_seed_job_runs_end_to_end_with_results_in_s3(
                 fetched = httpx.get(url)
             assert fetched.status_code == 200
             assert fetched.content == data  # the exact bytes
+
+
+@pytest.mark.parametrize("urls", ["presigned", "public"])
+async def test_result_urls_name_the_public_endpoint_when_it_differs(
+    s3: S3Server, s3_bucket: str, bucket_storage: S3Storage, urls: str
+) -> None:
+    """Workers reach the store at one address, browsers at another (compose's minio:9000 and
+    localhost:9000): URLs are made for the second one; here 127.0.0.1 and localhost."""
+    public_endpoint = s3.endpoint.replace("127.0.0.1", "localhost")
+    options = replace(
+        bucket_storage.options,
+        public_endpoint_url=public_endpoint,
+        urls=urls,  # type: ignore[arg-type]
+        acl="public-read" if urls == "public" else None,
+    )
+    storage = S3Storage(bucket_storage.location, options)
+    try:
+        await storage.put(KEY, PNG, "image/png")
+        served = await storage.serve(KEY)
+        assert isinstance(served, Redirect)
+        assert served.url.startswith(f"{public_endpoint}/{s3_bucket}/studio/{KEY}")
+        if urls == "public":
+            assert storage.public_url(KEY) == f"{public_endpoint}/{s3_bucket}/studio/{KEY}"
+        else:
+            assert "X-Amz-Signature=" in served.url
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(served.url)
+        assert (answer.status_code, answer.content) == (200, PNG)
+    finally:
+        await storage.aclose()

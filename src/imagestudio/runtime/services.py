@@ -92,6 +92,7 @@ def s3_options(settings: Settings) -> S3Options:
     s = settings
     return S3Options(
         endpoint_url=s.aws_endpoint_url or None,
+        public_endpoint_url=s.s3_public_endpoint_url or None,
         region=s.aws_region or None,
         profile=s.aws_profile or None,
         access_key_id=s.aws_access_key_id or None,

@@ -47,6 +47,9 @@ class S3Options:
     """How to reach the bucket and how result URLs look. Secrets are kept out of ``repr``."""
 
     endpoint_url: str | None = None
+    # The store's address as the result URLs' users see it (a compose network's "minio:9000"
+    # is "localhost:9000" to a browser): presigned and public URLs are made for it.
+    public_endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
     access_key_id: str | None = None
@@ -62,6 +65,11 @@ class S3Options:
     @property
     def uses_path_style(self) -> bool:
         return self.path_style if self.path_style is not None else self.endpoint_url is not None
+
+    @property
+    def url_endpoint(self) -> str | None:
+        """The endpoint result URLs point at."""
+        return self.public_endpoint_url or self.endpoint_url
 
 
 def _describe(exc: Exception) -> str:
@@ -86,6 +94,7 @@ class S3Storage:
         self.location, self.options = location, options
         self._stack = contextlib.AsyncExitStack()
         self._client: S3Client | None = None
+        self._signer: S3Client | None = None  # for URLs, when they name another endpoint
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -98,11 +107,27 @@ class S3Storage:
         async with self._lock:
             if self._client is not None:
                 return self._client
-            created: S3Client = await self._stack.enter_async_context(self._create_client())
+            created: S3Client = await self._stack.enter_async_context(
+                self._create_client(self.options.endpoint_url)
+            )
             self._client = created
             return created
 
-    def _create_client(self) -> Any:
+    async def _get_signer(self) -> S3Client:
+        """The client that signs result URLs: the main one unless they name another endpoint
+        (signing is local: this client never sends a request)."""
+        o = self.options
+        if o.url_endpoint == o.endpoint_url:
+            return await self._get_client()
+        async with self._lock:
+            if self._signer is None:
+                created: S3Client = await self._stack.enter_async_context(
+                    self._create_client(o.url_endpoint)
+                )
+                self._signer = created
+            return self._signer
+
+    def _create_client(self, endpoint_url: str | None) -> Any:
         o = self.options
         session = AioSession(profile=o.profile)
         config = AioConfig(
@@ -113,7 +138,7 @@ class S3Storage:
         )
         return session.create_client(
             "s3",
-            endpoint_url=o.endpoint_url,
+            endpoint_url=endpoint_url,
             region_name=o.region or session.get_config_variable("region") or "us-east-1",
             aws_access_key_id=o.access_key_id,
             aws_secret_access_key=o.secret_access_key,
@@ -123,7 +148,7 @@ class S3Storage:
 
     async def aclose(self) -> None:
         await self._stack.aclose()
-        self._client = None
+        self._client = self._signer = None
 
     def _object_key(self, key: str) -> str:
         return self.location.prefix + validate_key(key)
@@ -208,7 +233,7 @@ class S3Storage:
             bucket=self.location.bucket,
             object_key=name,
             public_base_url=o.public_base_url,
-            endpoint_url=o.endpoint_url,
+            endpoint_url=o.url_endpoint,
             region=o.region,
             path_style=o.uses_path_style,
         )
@@ -227,7 +252,8 @@ class S3Storage:
         public = self.public_url(key)
         if public is not None:
             return Redirect(public, max_age=PUBLIC_REDIRECT_MAX_AGE)
-        url = await client.generate_presigned_url(
+        signer = await self._get_signer()
+        url = await signer.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.location.bucket, "Key": name},
             ExpiresIn=self.options.presign_seconds,
