@@ -58,7 +58,7 @@ def resolved(env: dict[str, str]) -> dict[str, str]:
         ("pyproject.toml", True),
         ("README.md", True),
         ("src/imagestudio/api/app.py", True),
-        ("src/imagestudio/store/migrations/alembic.ini", True),
+        ("src/imagestudio/store/migrations/script.py.mako", True),
         ("deploy/entrypoint.sh", True),
         ("deploy/compose.env.example", False),
         (".env", False),
