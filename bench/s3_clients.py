@@ -29,11 +29,14 @@ from typing import Any
 from PIL import Image
 
 from imagestudio.providers.fake.samples import sample_product_photo
+from imagestudio.storage import S3Options, S3Storage
+from imagestudio.storage.s3 import IMMUTABLE
+from imagestudio.storage.s3_url import S3Location
 from testkit.s3 import S3Server, s3_server
 
 OUT = Path(__file__).resolve().parent / "out" / "s3_clients.md"
 BUCKET = "bench-results"
-CACHE = "public, max-age=31536000, immutable"
+CACHE = IMMUTABLE
 SIDE = 1536
 
 Put = Callable[[str, bytes], Awaitable[None]]
@@ -43,14 +46,17 @@ def make_pngs(count: int) -> list[bytes]:
     """``count`` distinct 1536 px PNGs like the service's results: a product photo with a
     little grain, about 2.4 MB each (a flat drawing would compress to a tenth of a real
     generated photo and measure request overhead only)."""
+    photos = []
+    for index in range(min(count, 10)):  # drawing one takes seconds: 10, each grained anew
+        with Image.open(io.BytesIO(sample_product_photo(index, f"SKU-{index}", (SIDE, SIDE)))) as p:
+            photos.append(p.convert("RGB"))
     images = []
     for index in range(count):
-        photo = sample_product_photo(index, f"SKU-{index:03d}", (SIDE, SIDE))
-        with Image.open(io.BytesIO(photo)) as decoded:
-            grain = Image.merge("RGB", [Image.effect_noise((SIDE, SIDE), 8) for _ in range(3)])
-            out = io.BytesIO()
-            Image.blend(decoded.convert("RGB"), grain, 0.1).save(out, "PNG")
-            images.append(out.getvalue())
+        grain = Image.merge("RGB", [Image.effect_noise((SIDE, SIDE), 8) for _ in range(3)])
+        out = io.BytesIO()
+        Image.blend(photos[index % len(photos)], grain, 0.1).save(out, "PNG")
+        images.append(out.getvalue())
+    assert len(set(images)) == count
     return images
 
 
@@ -65,6 +71,30 @@ async def _run_puts(put: Put, prefix: str, images: Sequence[bytes], concurrency:
 
 
 async def with_aiobotocore(server: S3Server, body: Callable[[Put], Awaitable[None]]) -> None:
+    """The service's own ``S3Storage`` (aiobotocore as it is configured there)."""
+    storage = S3Storage(
+        S3Location(BUCKET, ""),
+        S3Options(
+            endpoint_url=server.endpoint,
+            region=server.region,
+            access_key_id=server.access_key,
+            secret_access_key=server.secret_key,
+        ),
+    )
+    try:
+
+        async def put(key: str, data: bytes) -> None:
+            await storage.put(key, data, "image/png")
+
+        await body(put)
+    finally:
+        await storage.aclose()
+
+
+async def with_aiobotocore_defaults(
+    server: S3Server, body: Callable[[Put], Awaitable[None]]
+) -> None:
+    """aiobotocore with botocore's default checksums (CRC32 computed on every put)."""
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
@@ -113,7 +143,8 @@ async def with_obstore(server: S3Server, body: Callable[[Put], Awaitable[None]])
 
 
 CLIENTS: dict[str, Callable[[S3Server, Callable[[Put], Awaitable[None]]], Awaitable[None]]] = {
-    "aiobotocore": with_aiobotocore,
+    "aiobotocore (S3Storage)": with_aiobotocore,
+    "aiobotocore (default checksums)": with_aiobotocore_defaults,
     "obstore": with_obstore,
 }
 
@@ -123,23 +154,28 @@ async def measure(
 ) -> dict[str, tuple[float, float]]:
     """(wall s, CPU s) per mode for one client: a warm-up put, then 100 serial, 100 parallel."""
     results: dict[str, tuple[float, float]] = {}
+    slug = _slug(name)
 
     async def body(put: Put) -> None:
-        await put(f"{name}/warmup.png", images[0])  # connection, credentials, first signing
+        await put(f"{slug}/warmup.png", images[0])  # connection, credentials, first signing
         for mode, limit in (("serial", 1), (f"{concurrency} at a time", concurrency)):
             cpu, wall = time.process_time(), time.perf_counter()
-            await _run_puts(put, f"{name}/{limit}", images, limit)  # rounds overwrite
+            await _run_puts(put, f"{slug}/{limit}", images, limit)  # rounds overwrite
             results[mode] = (time.perf_counter() - wall, time.process_time() - cpu)
 
     await CLIENTS[name](server, body)
     return results
 
 
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
 def verify(server: S3Server, images: Sequence[bytes]) -> None:
     """Both clients wrote what was asked: the bytes, the content type, the cache header."""
     client = server.client()
     for name in CLIENTS:
-        head = client.get_object(Bucket=BUCKET, Key=f"{name}/1/0003.png")
+        head = client.get_object(Bucket=BUCKET, Key=f"{_slug(name)}/1/0003.png")
         assert head["Body"].read() == images[3], name
         assert head["ContentType"] == "image/png", (name, head["ContentType"])
         assert head["CacheControl"] == CACHE, (name, head.get("CacheControl"))

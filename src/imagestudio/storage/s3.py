@@ -130,11 +130,15 @@ class S3Storage:
     def _create_client(self, endpoint_url: str | None) -> Any:
         o = self.options
         session = AioSession(profile=o.profile)
+        # Checksums only where S3 requires them: botocore's newer default (CRC32 on every
+        # put, since 1.36) is refused by several S3-compatible stores, and costs CPU.
         config = AioConfig(
             s3={"addressing_style": "path" if o.uses_path_style else "virtual"},
             signature_version="s3v4",
             retries={"max_attempts": 3, "mode": "standard"},
             max_pool_connections=32,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
         return session.create_client(
             "s3",
