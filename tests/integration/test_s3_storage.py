@@ -25,6 +25,7 @@ from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.domain import API_PREFIX, FILES_PATH, TERMINAL_JOB_STATUSES
 from imagestudio.errors import StorageError
 from imagestudio.runtime.services import s3_options
+from imagestudio.settings import Settings
 from imagestudio.storage import Redirect, S3Options, S3Storage, open_storage, sweep
 from imagestudio.storage.s3 import IMMUTABLE
 from imagestudio.storage.s3_url import S3Location
@@ -251,3 +252,65 @@ async def test_result_urls_name_the_public_endpoint_when_it_differs(
         assert (answer.status_code, answer.content) == (200, PNG)
     finally:
         await storage.aclose()
+
+
+async def test_credentials_from_a_profile_when_no_keys_are_given(
+    s3: S3Server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS_PROFILE and the shared credentials file, through botocore's own chain."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        "[studio]\naws_access_key_id = AKIAPROFILEKEY\naws_secret_access_key = profile-secret\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_PROFILE", "studio")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    monkeypatch.setenv("AWS_REGION", s3.region)
+    monkeypatch.chdir(tmp_path)  # no .env file
+    settings = Settings()
+    assert settings.aws_access_key_id is None
+    storage = open_storage(f"s3://{s3_bucket}/p", s3=s3_options(settings))
+    try:
+        await storage.put(KEY, PNG, "image/png")
+        served = await storage.serve(KEY)
+        assert isinstance(served, Redirect)
+        credential = parse_qs(urlsplit(served.url).query)["X-Amz-Credential"][0]
+        assert credential.startswith("AKIAPROFILEKEY/")
+        assert "profile-secret" not in served.url
+        assert await storage.list("") == [KEY]
+    finally:
+        await storage.aclose()
+
+
+async def test_a_missing_profile_is_a_storage_error(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    storage = open_storage(
+        "s3://results/p", s3=S3Options(endpoint_url=s3.endpoint, profile="nobody")
+    )
+    try:
+        with pytest.raises(StorageError, match=r"cannot reach s3://results/p/.*nobody"):
+            await storage.check()
+        with pytest.raises(StorageError, match="cannot reach"):
+            await storage.put(KEY, PNG, "image/png")
+    finally:
+        await storage.aclose()
+
+
+def test_the_aws_settings_come_from_the_env_file_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".env").write_text(
+        "IMAGESTUDIO_STORAGE_URL=s3://results/x\nAWS_REGION=eu-north-1\n"
+        "AWS_SECRET_ACCESS_KEY=from-dotenv\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    options = s3_options(Settings())
+    assert (options.region, options.secret_access_key) == ("eu-north-1", "from-dotenv")

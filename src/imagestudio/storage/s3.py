@@ -107,9 +107,12 @@ class S3Storage:
         async with self._lock:
             if self._client is not None:
                 return self._client
-            created: S3Client = await self._stack.enter_async_context(
-                self._create_client(self.options.endpoint_url)
-            )
+            try:
+                created: S3Client = await self._stack.enter_async_context(
+                    self._create_client(self.options.endpoint_url)
+                )
+            except (BotoCoreError, ClientError) as exc:  # a missing profile, a bad region
+                raise self._failed("reach", "", exc) from exc
             self._client = created
             return created
 
