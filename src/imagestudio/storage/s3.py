@@ -86,8 +86,8 @@ def _is_missing(exc: ClientError) -> bool:
 class S3Storage:
     """``ResultStorage`` in ``s3://bucket/prefix``: key ``a/b.png`` is object ``prefix + a/b.png``.
 
-    The client is made on first use (``open_storage`` is called outside an event loop's
-    task in some places) and closed by ``aclose``.
+    The client is made on first use (making one is async, ``open_storage`` is not) and
+    closed by ``aclose``.
     """
 
     def __init__(self, location: S3Location, options: S3Options) -> None:
