@@ -18,7 +18,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     IMAGESTUDIO_DATA_DIR=/data \
     IMAGESTUDIO_HOST=0.0.0.0 \
     IMAGESTUDIO_PORT=8000
-RUN useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin imagestudio \
+RUN groupadd --system --gid 10001 imagestudio \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --shell /usr/sbin/nologin imagestudio \
     && mkdir -p /data \
     && chown imagestudio:imagestudio /data
 COPY --from=build /wheels /wheels

@@ -10,7 +10,8 @@ import pytest
 from imagestudio.errors import StorageError
 from imagestudio.runtime.services import s3_options
 from imagestudio.settings import Settings
-from imagestudio.storage import LocalStorage, S3Options, S3Storage, open_storage
+from imagestudio.storage import LocalStorage, S3Options, open_storage
+from imagestudio.storage.s3 import S3Storage
 from imagestudio.storage.s3_url import S3Location, parse_s3_url, public_object_url
 
 

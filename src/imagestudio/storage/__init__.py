@@ -13,8 +13,7 @@ from urllib.parse import unquote, urlsplit
 from imagestudio.errors import StorageError
 from imagestudio.storage.base import LocalFile, Redirect, ResultStorage, Served
 from imagestudio.storage.local import LocalStorage
-from imagestudio.storage.s3 import S3Options, S3Storage
-from imagestudio.storage.s3_url import parse_s3_url
+from imagestudio.storage.s3_url import S3Options, parse_s3_url
 
 __all__ = [
     "LocalFile",
@@ -22,7 +21,6 @@ __all__ = [
     "Redirect",
     "ResultStorage",
     "S3Options",
-    "S3Storage",
     "Served",
     "open_storage",
     "sweep",
@@ -39,6 +37,8 @@ def open_storage(url: str, *, s3: S3Options | None = None) -> ResultStorage:
         return LocalStorage(Path(url))
     scheme = match.group(1).lower()
     if scheme == "s3":
+        from imagestudio.storage.s3 import S3Storage  # botocore loads only for a bucket
+
         return S3Storage(parse_s3_url(url), s3 or S3Options())
     if scheme != "file":
         raise StorageError(

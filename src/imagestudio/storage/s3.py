@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
@@ -32,44 +31,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from imagestudio.errors import StorageError
 from imagestudio.storage.base import Redirect, Served
 from imagestudio.storage.local import validate_key
-from imagestudio.storage.s3_url import S3Location, public_object_url
+from imagestudio.storage.s3_url import S3Location, S3Options, public_object_url
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-IMMUTABLE = "public, max-age=31536000, immutable"
 PUBLIC_REDIRECT_MAX_AGE = 3600
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
-
-
-@dataclass(frozen=True)
-class S3Options:
-    """How to reach the bucket and how result URLs look. Secrets are kept out of ``repr``."""
-
-    endpoint_url: str | None = None
-    # The store's address as the result URLs' users see it (a compose network's "minio:9000"
-    # is "localhost:9000" to a browser): presigned and public URLs are made for it.
-    public_endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
-    path_style: bool | None = None  # None: path-style when an endpoint is set (MinIO & co)
-    urls: Literal["presigned", "public"] = "presigned"
-    public_base_url: str | None = None
-    presign_seconds: int = 3600
-    acl: str | None = None  # a canned ACL for each result ("public-read"); None: the bucket's
-    cache_control: str = IMMUTABLE
-
-    @property
-    def uses_path_style(self) -> bool:
-        return self.path_style if self.path_style is not None else self.endpoint_url is not None
-
-    @property
-    def url_endpoint(self) -> str | None:
-        """The endpoint result URLs point at."""
-        return self.public_endpoint_url or self.endpoint_url
 
 
 def _describe(exc: Exception) -> str:
