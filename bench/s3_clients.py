@@ -30,8 +30,8 @@ from PIL import Image
 
 from imagestudio.providers.fake.samples import sample_product_photo
 from imagestudio.storage import S3Options
-from imagestudio.storage.s3 import IMMUTABLE, S3Storage
-from imagestudio.storage.s3_url import S3Location
+from imagestudio.storage.s3 import S3Storage
+from imagestudio.storage.s3_url import IMMUTABLE, S3Location
 from testkit.s3 import S3Server, s3_server
 
 OUT = Path(__file__).resolve().parent / "out" / "s3_clients.md"

@@ -175,6 +175,11 @@ def _services() -> dict[str, Any]:
     return dict(spec["services"])
 
 
+def _object_key(prefix: str, result_url: str) -> str:
+    """The bucket key behind a files-route URL (signed for a while when tokens are set)."""
+    return f"{prefix}/{urlsplit(result_url).path.split('/files/', 1)[1]}"
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.timeout(240)
@@ -218,7 +223,7 @@ def test_compose_stack_runs_the_seed_job_with_results_in_s3(
         assert job["status"] == "succeeded", job
         keys = s3.keys(bucket, f"{prefix}/")
         images = client.get("/jobs/compose-seed/images").json()["images"]
-        ours = sorted(f"{prefix}/{i['result_url'].split('/files/', 1)[1]}" for i in images)
+        ours = sorted(_object_key(prefix, i["result_url"]) for i in images)
         assert sorted(set(keys) & set(ours)) == ours
         assert len(ours) == 5
         for image in images:  # absolute (PUBLIC_BASE_URL), redirecting to localhost's store
@@ -228,7 +233,7 @@ def test_compose_stack_runs_the_seed_job_with_results_in_s3(
             assert redirect.status_code == 307
             assert redirect.headers["location"].startswith("http://localhost:")
             fetched = httpx.get(url, follow_redirects=True)
-            key = f"{prefix}/{url.split('/files/', 1)[1]}"
+            key = _object_key(prefix, url)
             stored = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
             assert fetched.content == stored
 

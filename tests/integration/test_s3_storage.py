@@ -27,8 +27,8 @@ from imagestudio.errors import StorageError
 from imagestudio.runtime.services import s3_options
 from imagestudio.settings import Settings
 from imagestudio.storage import Redirect, S3Options, open_storage, sweep
-from imagestudio.storage.s3 import IMMUTABLE, S3Storage
-from imagestudio.storage.s3_url import S3Location
+from imagestudio.storage.s3 import S3Storage
+from imagestudio.storage.s3_url import IMMUTABLE, S3Location
 from testkit.payloads import batch_payload
 from testkit.s3 import S3Server
 
