@@ -20,6 +20,7 @@ from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.db import migrate, migrate_async
 from testkit import pg
+from testkit.s3 import S3Server, s3_server
 from testkit.settings import loopback_settings
 
 TEMPLATE = f"imagestudio_tpl_{os.getpid()}"  # one per test session: sessions may overlap
@@ -96,3 +97,29 @@ def fake_provider() -> Iterator[BackgroundServer]:
     app = create_fake_provider_app(FakeProviderConfig(latency_ms=20, seed=1))
     with BackgroundServer(app) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real S3 HTTP server (moto's, in its own process) on a loopback port, per session."""
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3: S3Server) -> str:
+    """A new empty bucket on ``s3`` for one test."""
+    name = f"results-{uuid.uuid4().hex[:12]}"
+    s3.make_bucket(name)
+    return name
+
+
+def s3_settings(s3: S3Server, bucket: str, prefix: str = "studio") -> dict[str, object]:
+    """Settings overrides that put results in ``s3://bucket/prefix`` on ``s3``."""
+    return {
+        "storage_url": f"s3://{bucket}/{prefix}",
+        "aws_endpoint_url": s3.endpoint,
+        "aws_region": s3.region,
+        "aws_access_key_id": s3.access_key,
+        "aws_secret_access_key": s3.secret_key,
+    }

@@ -6,8 +6,9 @@ Built by ``create_app()`` and the CLI, never at import time, so tests inject the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,7 +46,11 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="IMAGESTUDIO_", env_file=".env", extra="ignore", env_file_encoding="utf-8"
+        env_prefix="IMAGESTUDIO_",
+        env_file=".env",
+        extra="ignore",
+        env_file_encoding="utf-8",
+        populate_by_name=True,  # the AWS_* fields below are also set by name in code
     )
 
     data_dir: Path = Path(".imagestudio")
@@ -60,6 +65,33 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     # With API tokens set, result URLs in answers are signed for this long (files route).
     files_url_ttl_seconds: float = Field(default=3600.0, ge=60)
+
+    # S3 storage (storage_url s3://bucket/prefix), docs/s3.md. Result URLs are presigned GETs
+    # through the API's files route (expiring after s3_presign_seconds), or with
+    # s3_urls="public" the objects' own URLs, under s3_public_base_url (a CDN in front of
+    # the bucket's root) when set. s3_path_style None: path-style when an endpoint is set.
+    s3_urls: Literal["presigned", "public"] = "presigned"
+    s3_public_base_url: str | None = None
+    s3_presign_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    s3_path_style: bool | None = None
+    s3_acl: str | None = None  # a canned ACL put on each result, e.g. "public-read"
+    # The store's address as result URLs' users reach it, when not AWS_ENDPOINT_URL (compose:
+    # the workers reach http://minio:9000, a browser http://localhost:9000).
+    s3_public_endpoint_url: str | None = None
+    # The usual AWS settings, under their own names (no IMAGESTUDIO_ prefix). Keys left
+    # unset fall back to botocore's chain: AWS_PROFILE, the shared files, SSO, instance roles.
+    aws_endpoint_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    )
+    aws_region: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    aws_profile: str | None = Field(default=None, validation_alias="AWS_PROFILE")
+    aws_access_key_id: str | None = Field(default=None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, validation_alias="AWS_SECRET_ACCESS_KEY"
+    )
+    aws_session_token: SecretStr | None = Field(default=None, validation_alias="AWS_SESSION_TOKEN")
 
     # Intake limits. A body over max_body_bytes is refused (413) as it streams in.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)

@@ -6,6 +6,10 @@ Every image must end succeeded, with exactly one stored result (the one the data
 nothing left queued or running, and attempts within the limit. The test prints provider calls
 per image (p50, max) from the fake provider's call log.
 
+It runs twice: results in the local folder, and in an S3 bucket on a real S3 HTTP server
+(moto's, ``testkit.s3``; the workers reach it through the usual AWS settings), where exactly
+the objects the database names must be left, one per image.
+
 The PostgreSQL restart restarts the local cluster (``pg_ctlcluster``), which drops every
 session on it, other test runs' included: ``IMAGESTUDIO_CHAOS_PG_RESTART=0`` skips it.
 ``bench/chaos.py`` is the longer run (120+ images, 10+ kills).
@@ -26,6 +30,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import s3_settings
 
 from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_app
@@ -41,6 +46,7 @@ from testkit.fleet import (
     worker_env,
 )
 from testkit.payloads import batch_payload
+from testkit.s3 import S3Server
 from testkit.settings import loopback_settings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -58,6 +64,7 @@ MIN_UPTIME = 0.5  # a worker is killed only after it has been working this long
 PG_RESTART_AT = 0.4  # share of the images done
 TIME_LIMIT = 180.0
 TEMP_PREFIX = ".tmp-"  # the local storage's in-progress writes
+S3_PREFIX = "chaos"
 
 
 @pytest.fixture
@@ -73,9 +80,26 @@ def provider() -> Iterator[BackgroundServer]:
         yield server
 
 
+@pytest.fixture(params=["local", "s3"])
+def storage_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
 @pytest.fixture
-def settings(tmp_path: Path, pg_url: str) -> Settings:
-    return loopback_settings(tmp_path / "data", pg_url, max_attempts=MAX_ATTEMPTS)
+def bucket(request: pytest.FixtureRequest, storage_kind: str) -> tuple[S3Server, str] | None:
+    """The S3 server and the bucket the results go to, or None for the local folder."""
+    if storage_kind != "s3":
+        return None
+    server: S3Server = request.getfixturevalue("s3")
+    name: str = request.getfixturevalue("s3_bucket")
+    return server, name
+
+
+@pytest.fixture
+def settings(tmp_path: Path, pg_url: str, bucket: tuple[S3Server, str] | None) -> Settings:
+    extra = s3_settings(*bucket, prefix=S3_PREFIX) if bucket is not None else {}
+    return loopback_settings(tmp_path / "data", pg_url, max_attempts=MAX_ATTEMPTS, **extra)
 
 
 # ---------------------------------------------------------------------------- the chaos
@@ -130,8 +154,15 @@ async def _chaos(services: Services, fleet: WorkerFleet, job_pks: list[str]) -> 
 # ---------------------------------------------------------------------------- what happened
 
 
-def _result_files(settings: Settings, job_pk: str) -> tuple[list[str], list[str]]:
-    """Final files and leftover partial writes in the job's results folder."""
+def _result_files(
+    settings: Settings, job_pk: str, bucket: tuple[S3Server, str] | None
+) -> tuple[list[str], list[str]]:
+    """Final files and leftover partial writes in the job's results folder, or its objects
+    in the bucket (a put is whole or absent: no partial writes there)."""
+    if bucket is not None:
+        server, name = bucket
+        keys = server.keys(name, f"{S3_PREFIX}/{job_pk}/")
+        return [key.rsplit("/", 1)[1] for key in keys], []
     folder = settings.data_dir / "results" / job_pk
     names = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
     return (
@@ -160,6 +191,7 @@ async def _submit_jobs(services: Services, provider: BackgroundServer) -> list[t
 @pytest.mark.timeout(360)
 async def test_chaos_every_image_succeeds_once(
     settings: Settings,
+    bucket: tuple[S3Server, str] | None,
     provider: BackgroundServer,
     capsys: pytest.CaptureFixture[str],
     record_property: Any,
@@ -174,6 +206,8 @@ async def test_chaos_every_image_succeeds_once(
             BACKOFF_MAX_SECONDS="0.5",
             MAX_ATTEMPTS=str(MAX_ATTEMPTS),
         )
+        if bucket is not None:  # the workers find the bucket through the usual AWS settings
+            env.update(bucket[0].env(), IMAGESTUDIO_STORAGE_URL=str(settings.storage_url))
         fleet = WorkerFleet(env, settings.data_dir / "logs", WORKERS, SLOTS, min_uptime=MIN_UPTIME)
         try:
             await fleet.start()
@@ -233,11 +267,13 @@ async def test_chaos_every_image_succeeds_once(
 
     partials = 0
     for pk, _, job_images, _ in facts:
-        files, partial = _result_files(settings, pk)
+        files, partial = _result_files(settings, pk, bucket)
         keys = sorted(i.result_key.rsplit("/", 1)[1] for i in job_images if i.result_key)
         extra, missing = sorted(set(files) - set(keys)), sorted(set(keys) - set(files))
         assert files == keys, f"one stored result per image, as named: {extra=} {missing=}"
         assert len(keys) == len(job_images)
         partials += len(partial)
     assert partials <= fleet.kills * SLOTS  # a SIGKILL mid-write leaves a temp file, at worst
+    if bucket is not None:  # nothing anywhere else in the bucket either
+        assert len(bucket[0].keys(bucket[1])) == TOTAL
     assert sum(counts) + stray == len(calls) <= len(attempts)

@@ -48,3 +48,14 @@ def test_the_demo_submits_the_seeds_example() -> None:
         ("SKU2", "stem4"),
         ("SKU3", "stem5"),
     ]
+
+
+def test_botocore_loads_only_for_a_bucket() -> None:
+    """A worker on local storage does not pay for botocore's import (1.5-2 s of a worker's
+    start on a loaded machine); one on ``s3://`` loads it when the storage is opened."""
+    local = loaded_after("import imagestudio.runtime.services, imagestudio.api.app")
+    assert not [m for m in local if m.split(".")[0] in ("botocore", "aiobotocore")]
+    bucket = loaded_after(
+        "from imagestudio.storage import open_storage; open_storage('s3://results/x')"
+    )
+    assert "aiobotocore.session" in bucket

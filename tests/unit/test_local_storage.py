@@ -99,7 +99,7 @@ def test_open_storage_local_forms(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("s3://bucket/prefix", "s3 storage is not available in this build yet"),
+        ("s3://Bucket/prefix", "invalid S3 bucket name"),
         ("gs://bucket", "unsupported storage URL scheme 'gs'"),
         ("file://elsewhere/data", "must be local"),
     ],

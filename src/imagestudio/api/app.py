@@ -51,6 +51,7 @@ def create_app(settings: Settings, *, workers: int = 0) -> FastAPI:
     app.include_router(system.router, prefix=API_PREFIX)
     app.include_router(files.router, prefix=API_PREFIX)
     app.add_api_route("/healthz", system.healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/readyz", system.readyz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", system.metrics, methods=["GET"], include_in_schema=False)
     _error_handlers(app)
     return app

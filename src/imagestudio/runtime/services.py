@@ -11,6 +11,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from pydantic import SecretStr
+
 from imagestudio.domain import FILES_PATH
 from imagestudio.errors import ImageStudioError
 from imagestudio.imaging.fetch import SourceFetcher
@@ -33,7 +35,7 @@ from imagestudio.security.http import Outbound, OutboundPolicy
 from imagestudio.security.netguard import Resolver, system_resolve
 from imagestudio.security.webhook_secret import webhook_secret_problem
 from imagestudio.settings import Settings
-from imagestudio.storage import open_storage
+from imagestudio.storage import S3Options, open_storage
 from imagestudio.storage.base import ResultStorage
 from imagestudio.store.db import create_engine, migrate_async
 from imagestudio.store.store import Store
@@ -132,6 +134,25 @@ def files_url(settings: Settings) -> str:
     return f"{base}{FILES_PATH}"
 
 
+def s3_options(settings: Settings) -> S3Options:
+    """The bucket's endpoint, region, credentials and URL style, from the AWS settings."""
+    s = settings
+    return S3Options(
+        endpoint_url=s.aws_endpoint_url or None,
+        public_endpoint_url=s.s3_public_endpoint_url or None,
+        region=s.aws_region or None,
+        profile=s.aws_profile or None,
+        access_key_id=s.aws_access_key_id or None,
+        secret_access_key=_reveal(s.aws_secret_access_key),
+        session_token=_reveal(s.aws_session_token),
+        path_style=s.s3_path_style,
+        urls=s.s3_urls,
+        public_base_url=s.s3_public_base_url or None,
+        presign_seconds=s.s3_presign_seconds,
+        acl=s.s3_acl or None,
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_services(
     settings: Settings,
@@ -154,7 +175,7 @@ async def open_services(
         pins=settings.provider_pins(),
     )
     box = SecretBox(load_or_create_key(_secret(settings), settings.data_dir))
-    storage = open_storage(settings.effective_storage_url)
+    storage = open_storage(settings.effective_storage_url, s3=s3_options(settings))
     # Every outbound request of this process (sources, provider calls, result URLs,
     # webhooks) goes through this one guarded path (security.http).
     http = Outbound(
@@ -234,7 +255,12 @@ async def open_services(
         await imaging.aclose()
         await providers.aclose()
         await http.aclose()
+        await storage.aclose()
         await store.close()
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() or None if secret is not None else None
 
 
 def _secret(settings: Settings) -> str | None:

@@ -1,6 +1,6 @@
-"""Result storage: a local folder by default; S3-compatible buckets later.
+"""Result storage: a local folder by default, or an S3-compatible bucket (``s3://``).
 
-``open_storage(url)`` picks the implementation from ``IMAGESTUDIO_STORAGE_URL``.
+``open_storage(url, s3=options)`` picks the implementation from ``IMAGESTUDIO_STORAGE_URL``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from urllib.parse import unquote, urlsplit
 from imagestudio.errors import StorageError
 from imagestudio.storage.base import LocalFile, Redirect, ResultStorage, Served
 from imagestudio.storage.local import LocalStorage
+from imagestudio.storage.s3_url import S3Options, parse_s3_url
 
 __all__ = [
     "LocalFile",
     "LocalStorage",
     "Redirect",
     "ResultStorage",
+    "S3Options",
     "Served",
     "open_storage",
     "sweep",
@@ -27,16 +29,21 @@ __all__ = [
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-def open_storage(url: str) -> ResultStorage:
-    """A storage for ``url``: a plain path or ``file://`` URL is a local folder."""
+def open_storage(url: str, *, s3: S3Options | None = None) -> ResultStorage:
+    """A storage for ``url``: a plain path or ``file://`` URL is a local folder,
+    ``s3://bucket/prefix`` a bucket reached with ``s3`` (the AWS settings)."""
     match = _SCHEME.match(url)
     if match is None:
         return LocalStorage(Path(url))
     scheme = match.group(1).lower()
     if scheme == "s3":
-        raise StorageError("s3 storage is not available in this build yet")
+        from imagestudio.storage.s3 import S3Storage  # botocore loads only for a bucket
+
+        return S3Storage(parse_s3_url(url), s3 or S3Options())
     if scheme != "file":
-        raise StorageError(f"unsupported storage URL scheme {scheme!r}: use a path or file://")
+        raise StorageError(
+            f"unsupported storage URL scheme {scheme!r}: use a path, file:// or s3://"
+        )
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise StorageError(f"file:// storage URL must be local, not on host {parts.netloc!r}")

@@ -72,3 +72,12 @@ class ResultStorage(Protocol):
         """How to answer a request for ``key``. ``StorageError`` for an invalid key and for a
         missing one (a bucket may ask with a HEAD request, or leave its 404 to the redirect)."""
         ...
+
+    async def check(self) -> None:
+        """``StorageError`` unless results can be stored now (readiness: the folder is
+        there, the bucket answers)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the storage is not used afterwards."""
+        ...

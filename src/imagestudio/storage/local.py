@@ -152,3 +152,15 @@ class LocalStorage:
         if not await asyncio.to_thread(path.is_file):
             raise StorageError(f"no stored result under {key!r}")
         return LocalFile(path, media_type(path))
+
+    async def check(self) -> None:
+        try:
+            await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+            writable = await asyncio.to_thread(os.access, self.root, os.W_OK | os.X_OK)
+        except OSError as exc:
+            raise StorageError(f"result folder {self.root} is not usable: {exc}") from exc
+        if not writable:
+            raise StorageError(f"result folder {self.root} is not writable")
+
+    async def aclose(self) -> None:
+        return None

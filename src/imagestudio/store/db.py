@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -70,3 +72,20 @@ def migrate(url: str) -> None:
 
 async def migrate_async(url: str) -> None:
     await asyncio.to_thread(migrate, url)
+
+
+@functools.cache
+def head_revisions() -> frozenset[str]:
+    """The migrations' head revision(s), from the scripts shipped in the package."""
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return frozenset(script.get_heads())
+
+
+async def schema_revisions(engine: AsyncEngine) -> frozenset[str]:
+    """The revision(s) the database is at (empty before the first migration)."""
+    async with engine.connect() as conn:
+        exists = await conn.run_sync(lambda sync: inspect(sync).has_table("alembic_version"))
+        if not exists:
+            return frozenset()
+        rows = await conn.execute(text("SELECT version_num FROM alembic_version"))
+        return frozenset(str(row[0]) for row in rows)

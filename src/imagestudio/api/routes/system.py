@@ -1,12 +1,14 @@
-"""Health and metrics."""
+"""Health (liveness), readiness and metrics."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from imagestudio.api.deps import MetricsAccessDep, ServicesDep
+from imagestudio.runtime.readiness import readiness
 
 router = APIRouter()
 
@@ -24,6 +26,21 @@ async def healthz(request: Request, services: ServicesDep) -> dict[str, str]:
     except Exception as exc:
         raise HTTPException(503, "database unreachable") from exc
     return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
+    """200 when this process may get traffic: the database answers at the migrations' head,
+    the result storage answers, and in-process workers (if any) run; else 503 with the
+    failing checks (for an orchestrator's readiness probe, and compose's healthcheck)."""
+    state = await readiness(services)
+    checks = dict(state.checks)
+    loop = request.app.state.worker_loop
+    if loop is not None:
+        checks["workers"] = "stopped" if loop.done() else "ok"
+    ready = all(value == "ok" for value in checks.values())
+    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics")
