@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
 
 from imagestudio.domain import API_PREFIX
+from imagestudio.policy.waiting import Reason
 from imagestudio.store.records import (
     AttemptRecord,
     GovernorView,
@@ -93,6 +95,9 @@ class ImageOut(BaseModel):
     first_started_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    waiting_reason: str | None = None
+    waiting_kind: str | None = None
+    waiting_until: datetime | None = None
 
 
 class ImagePage(BaseModel):
@@ -188,8 +193,11 @@ def job_summary(job: JobRecord) -> JobSummary:
     )
 
 
-def image_out(image: ImageRecord) -> ImageOut:
+def image_out(image: ImageRecord, reason: Reason | None = None) -> ImageOut:
     waiting = image.status == "queued" and image.first_started_at is not None
+    until = None
+    if reason is not None and reason.until is not None:
+        until = datetime.fromtimestamp(reason.until, UTC)
     return ImageOut(
         position=image.position,
         sku=image.sku,
@@ -208,14 +216,21 @@ def image_out(image: ImageRecord) -> ImageOut:
         first_started_at=image.first_started_at,
         started_at=image.started_at,
         finished_at=image.finished_at,
+        waiting_reason=reason.text if reason else None,
+        waiting_kind=reason.kind if reason else None,
+        waiting_until=until,
     )
 
 
-def image_page_out(page: Page[ImageRecord], base: str) -> ImagePage:
-    """A page of images; ``next`` is the next page's path (``base`` is the images route)."""
+def image_page_out(
+    page: Page[ImageRecord], base: str, reasons: Mapping[int, Reason] | None = None
+) -> ImagePage:
+    """A page of images; ``next`` is the next page's path (``base`` is the images route);
+    ``reasons``: why each queued one waits, by image id."""
     after = page.next_offset
+    reasons = reasons or {}
     return ImagePage(
-        images=[image_out(i) for i in page.items],
+        images=[image_out(i, reasons.get(i.id)) for i in page.items],
         total=page.total,
         offset=page.offset,
         limit=page.limit,

@@ -23,7 +23,7 @@ from imagestudio.api.schemas import (
     parse_timeline_cursor,
     timeline_cursor,
 )
-from imagestudio.domain import API_PREFIX, TERMINAL_JOB_STATUSES
+from imagestudio.domain import API_PREFIX, TERMINAL_JOB_STATUSES, JobStatus
 from imagestudio.store.records import JobRecord
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -48,8 +48,11 @@ async def list_jobs(
     user: UserDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
+    status: Annotated[JobStatus | None, Query()] = None,
 ) -> dict[str, list[JobSummary]]:
-    jobs = await store.list_jobs(user, limit=limit, offset=offset)
+    """The caller's jobs, newest first; ``status`` keeps those in that status."""
+    found = status.value if status else None
+    jobs = await store.list_jobs(user, limit=limit, offset=offset, status=found)
     return {"jobs": [job_summary(j) for j in jobs]}
 
 
@@ -74,14 +77,19 @@ LightJobDep = Annotated[JobRecord, Depends(_light_job)]
 
 @router.get("/{job_id}/images", response_model=ImagePage)
 async def get_images(
-    store: StoreDep,
+    services: ServicesDep,
     job: LightJobDep,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: PageLimit = DEFAULT_PAGE,
 ) -> ImagePage:
-    """Images by position, ``limit`` from ``offset`` (the position of the first)."""
+    """Images by position, ``limit`` from ``offset`` (the position of the first); each
+    queued one with ``waiting_reason``, why it has not started (``policy.waiting``)."""
+    store = services.store
     page = await store.image_page(job, offset=offset, limit=limit)
-    return image_page_out(page, f"{API_PREFIX}/jobs/{job.job_id}/images")
+    reasons = await store.waiting_reasons(
+        job, page.items, limit=services.settings.worker_concurrency
+    )
+    return image_page_out(page, f"{API_PREFIX}/jobs/{job.job_id}/images", reasons)
 
 
 @router.get("/{job_id}/timeline", response_model=dict[str, Any])
