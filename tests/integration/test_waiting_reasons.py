@@ -69,7 +69,8 @@ async def test_window_cap_serial_and_backoff(engine: AsyncEngine) -> None:
     assert s[1] == ("sku_serial", "SKU serial: waiting for stem1")
     assert s[2] == ("job_cap", "per-job cap: 1/1 running")
     b = await reasons(store, other)
-    assert b[1][0] == "window" and "(2/2 in flight)" in b[1][1]
+    assert b[1][0] == "window"
+    assert "(2/2 in flight)" in b[1][1]
     # Bob's running image is snoozed by a 429: a retry time in words.
     bob = next(t for t in claimed.tasks if t.job_pk == other.id)
     until = clock.now + timedelta(seconds=30)
