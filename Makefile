@@ -26,6 +26,7 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	scripts/ensure-services
+	scripts/ensure-browser
 	scripts/run-pytest $(VENV)
 
 test: lint typecheck pytest

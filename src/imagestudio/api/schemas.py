@@ -72,6 +72,7 @@ class JobSummary(BaseModel):
     status: str
     total: int
     completed: int
+    counts: Counts
     error: str | None
     created_at: datetime
     updated_at: datetime
@@ -143,6 +144,26 @@ def governor_out(view: GovernorView | None) -> GovernorOut | None:
     )
 
 
+class ProviderOut(GovernorOut):
+    key: str  # a fingerprint of api_base + key + model, never the key
+    api_base: str
+    model: str
+    rate_ceiling_per_minute: float | None
+
+
+def provider_out(view: GovernorView) -> ProviderOut:
+    shown = governor_out(view)
+    assert shown is not None
+    ceiling = view.state.rate_ceiling
+    return ProviderOut(
+        key=view.key[:12],
+        api_base=view.api_base,
+        model=view.model,
+        rate_ceiling_per_minute=round(ceiling * 60, 1) if ceiling else None,
+        **shown.model_dump(),
+    )
+
+
 def job_out(progress: JobProgress, governor: GovernorView | None = None) -> JobOut:
     job = progress.job
     base = f"{API_PREFIX}/jobs/{job.job_id}"
@@ -187,6 +208,7 @@ def job_summary(job: JobRecord) -> JobSummary:
         status=job.status,
         total=job.total,
         completed=job.counts["succeeded"],
+        counts=Counts(total=job.total, **job.counts),
         error=job.error,
         created_at=job.created_at,
         updated_at=job.updated_at,

@@ -184,6 +184,14 @@ async def list_jobs(
     return [job_record(r) for r in (await conn.execute(query)).all()]
 
 
+async def provider_keys(conn: AsyncConnection, user_id: str | None) -> list[str]:
+    """The provider keys the user's jobs call (every key in local mode)."""
+    query = select(ai_job.c.provider_key).distinct()
+    if user_id is not None:
+        query = query.where(ai_job.c.user_id == user_id)
+    return sorted(str(key) for key in (await conn.scalars(query)).all())
+
+
 async def images(conn: AsyncConnection, job_pk: str) -> list[ImageRecord]:
     """Every image of the job in payload order (tests, small jobs; the API pages)."""
     query = (

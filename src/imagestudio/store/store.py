@@ -117,6 +117,11 @@ class Store:
         async with self.reader.connect() as conn:
             return await jobs.list_jobs(conn, user_id, limit=limit, offset=offset, status=status)
 
+    async def provider_keys(self, user_id: str | None) -> list[str]:
+        """The provider keys the user's jobs call (all of them in local mode)."""
+        async with self.reader.connect() as conn:
+            return await jobs.provider_keys(conn, user_id)
+
     async def images(self, job_pk: str) -> list[ImageRecord]:
         async with self.reader.connect() as conn:
             return await jobs.images(conn, job_pk)
