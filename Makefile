@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(VENV)/bin/imagestudio demo
+	$(VENV)/bin/imagestudio demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench testkit
