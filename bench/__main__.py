@@ -14,7 +14,9 @@ Suites, in order (``--only`` / ``--skip`` pick them):
   ``bench/out/chaos.md``; it restarts the local PostgreSQL cluster unless
   ``IMAGESTUDIO_CHAOS_PG_RESTART=0``);
 - ``scale``: throughput, claim latency, intake and worker processes as the queue and the job
-  grow to 100,000 images (``bench/scale/``, ``bench/out/scale.md``; about 25 minutes).
+  grow to 100,000 images (``bench/scale/``, ``bench/out/scale.md``; about 25 minutes);
+- ``dashboard``: the dashboard's first paint on a 5-image and a 5,000-image job in Debian's
+  Chromium (``bench/dashboard.py``, ``bench/out/dashboard.md``).
 
 The exit code is 1 if any suite failed.
 """
@@ -35,7 +37,7 @@ from bench import demo_time, overhead
 from imagestudio.observability.logs import configure_logging
 
 OUT = Path(__file__).resolve().parent / "out" / "overhead.md"
-SUITES = ("overhead", "demo", "imaging", "governor", "chaos", "scale")
+SUITES = ("overhead", "demo", "imaging", "governor", "chaos", "scale", "dashboard")
 
 
 def _suites(text: str) -> list[str]:
@@ -115,7 +117,7 @@ def main() -> int:
         except Exception:
             traceback.print_exc()
             failed.append("overhead/demo")
-    for name in ("imaging", "governor", "chaos", "scale"):
+    for name in ("imaging", "governor", "chaos", "scale", "dashboard"):
         if name not in chosen:
             continue
         print(f"\n== {name}", flush=True)
