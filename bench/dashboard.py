@@ -33,6 +33,7 @@ from testkit.payloads import batch_payload
 from testkit.serve import chromium, serve_process
 
 OUT = Path(__file__).resolve().parent / "out" / "dashboard.md"
+FAKE = ("--latency-ms", "30000", "--render-size", "64")
 SIZES = {"small (5 images)": (3, 1, 1), "big (5,000 images)": (50,) * 100}
 
 
@@ -69,7 +70,7 @@ def run(repeats: int = 3) -> dict[str, dict[str, float]]:
         work = Path(tmp)
         db = f"sqlite+aiosqlite:///{work / 'bench.db'}"
         with (
-            fake_provider_process(work, "--latency-ms", "30000", "--render-size", "64") as (fake, _),
+            fake_provider_process(work, *FAKE) as (fake, _),
             serve_process(work, db, workers=8) as url,
             httpx.Client(base_url=f"{url}{API_PREFIX}", timeout=60) as client,
             chromium() as browser,
