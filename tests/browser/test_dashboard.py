@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import KEY, Service, sign_in
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 pytestmark = pytest.mark.timeout(240)
 OUT = Path(__file__).resolve().parents[2] / "bench" / "out"
@@ -99,6 +99,41 @@ def test_running_job_bars_move_over_sse_and_gallery(
     assert names[0].startswith("SKU1/stem1")
 
 
+def first_event_id(service: Service, job_id: str) -> str:
+    """The id of the job's first event with one, read from the real stream."""
+    with (
+        service.client() as c,
+        c.stream("GET", f"/jobs/{job_id}/events", timeout=30) as answer,
+    ):
+        for line in answer.iter_lines():
+            if line.startswith("id:"):
+                return line.removeprefix("id:").strip()
+    raise AssertionError("the stream ended without an event id")
+
+
+def test_events_reconnect_and_resume_with_last_event_id(page: Page, service: Service) -> None:
+    """The first stream breaks after one event (a proxy cutting it, played by the browser's
+    router); the page reconnects with that event's id and follows the job to its end."""
+    job_id = service.submit(images_per_sku=(8,), options={"max_concurrency": 1})
+    seen = first_event_id(service, job_id)
+    asked: list[str | None] = []
+
+    def cut_first(route: Route) -> None:
+        asked.append(route.request.headers.get("last-event-id"))
+        if len(asked) == 1:
+            body = f"id: {seen}\nevent: image\ndata: {{}}\n\n"
+            route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+        else:
+            route.continue_()
+
+    page.route(re.compile(r".*/events$"), cut_first)
+    sign_in(page, service, hash_=f"#/jobs/{job_id}")
+    state = page.locator("#sse-state")
+    expect(state).to_have_text(re.compile("job ended: succeeded"), timeout=60_000)
+    assert asked[:2] == [None, seen], asked
+    expect(page.get_by_label("job progress")).to_have_attribute("value", "8")
+
+
 def test_waiting_reasons_and_cancel_by_clicking(page: Page, service: Service, shoot: Shoot) -> None:
     capped = service.submit(images_per_sku=(6,), options={"max_concurrency": 1})
     serial = service.submit(images_per_sku=(3, 3), options={"sku_serial": True})
@@ -163,9 +198,7 @@ def test_timeline_chart_serial_and_concurrent(page: Page, service: Service, shoo
     box = chart.bounding_box()
     assert box is not None
     page.mouse.move(box["x"] + 95, box["y"] + 110 + 24 + 7)  # the first row's first bar
-    tip = page.locator(".tip")
-    if tip.is_visible():
-        expect(tip).to_contain_text("attempt")
+    expect(page.locator(".tip")).to_contain_text("attempt 1 · succeeded")
     shoot(page, "timeline-concurrent")
     page.locator("details summary", has_text="The calls as a table").click()
     expect(page.locator("details table tbody tr")).to_have_count(10)
