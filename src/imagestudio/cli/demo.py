@@ -58,17 +58,17 @@ def run_demo(
             response.raise_for_status()
             job = follow(client, job_id, console)
             console.print(summary_table(job, client.images(job_id)))
+            results = (settings.data_dir / "results" / job["id"]).resolve()
+            elapsed = time.monotonic() - started
+            console.print(
+                f"status {job['status']}: {job['counts']['succeeded']}/{job['counts']['total']}"
+                f" images in {elapsed:.1f}s"
+            )
+            console.print(f"results in {results}")
             if keep:
                 _keep_up(console, f"{service.url}/#/jobs/{job_id}")
         finally:
             client.close()
-    results = (settings.data_dir / "results" / job["id"]).resolve()
-    elapsed = time.monotonic() - started
-    console.print(
-        f"status {job['status']}: {job['counts']['succeeded']}/{job['counts']['total']}"
-        f" images in {elapsed:.1f}s"
-    )
-    console.print(f"results in {results}")
     return 0 if job["status"] == "succeeded" else 1
 
 
@@ -77,7 +77,7 @@ def _keep_up(console: Console, page: str) -> None:
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console.print(f"dashboard of this job: {page}")
-    console.print("the service stays up (--keep); Ctrl-C stops it")
+    console.print("the service stays up (--keep); Ctrl-C (or SIGTERM) stops it")
     try:
         while not stop.wait(0.5):
             pass
