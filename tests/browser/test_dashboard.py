@@ -262,6 +262,9 @@ def test_first_paint_of_a_5000_image_job(page: Page, service: Service) -> None:
         expect(page.locator("#page-info")).to_contain_text("of 5000")
         page.get_by_role("button", name="Last").click()
         expect(page.locator("#page-info")).to_contain_text(re.compile("4993.5000 of 5000"))
+        expect(page.locator(".card .waiting").last).to_contain_text("per-job cap: 1/1 running")
+        page.goto(f"{service.url}/#/jobs/{job_id}/timeline")
+        expect(page.locator("#timeline-facts")).to_contain_text("one row per slot")
         OUT.mkdir(parents=True, exist_ok=True)
         figures = {"first_contentful_paint_ms": fcp, "gallery_shown_s": round(shown, 3)}
         (OUT / f"first-paint-{service.backend}.json").write_text(json.dumps(figures))

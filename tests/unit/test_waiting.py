@@ -114,6 +114,14 @@ CASES = [
         "per-job cap: 2/2 running",
     ),
     Case(
+        "cap with room for an earlier image only",
+        [job(max_concurrency=2)],
+        [running(1), queued(2), queued(3)],
+        Queued(3, 3, 0, ahead_in_job=1),
+        "job_cap",
+        "per-job cap: 1/2 running; 1 earlier image first",
+    ),
+    Case(
         "cap with room",
         [job(max_concurrency=3)],
         [running(1), running(2), queued(3)],

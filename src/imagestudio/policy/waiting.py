@@ -7,7 +7,8 @@ A queued image is held back by the first of these that applies, in this order:
 2. ``rate_limited`` / ``backoff`` / ``scheduled``: it is not due yet (``run_after`` in the
    future): a 429 snooze, a retry back-off after an error, or simply later;
 3. ``sku_serial``: a ``sku_serial`` job with an earlier image of its SKU queued or running;
-4. ``job_cap``: its job has ``max_concurrency`` tasks running already;
+4. ``job_cap``: its job has ``max_concurrency`` tasks running already, or the room the cap
+   leaves goes to the job's earlier queued images;
 5. ``in_line``: it is not one of its job's heads (the claim looks at each job's first few due
    images only): the earlier images of its job go first;
 6. ``cooldown``: the provider key is cooling down after a 429 (``retry-after``);
@@ -158,6 +159,9 @@ def _reason(job: fairness.Job, q: Queued, key: _KeyView, running: int, now: floa
         return Reason("job_cap", f"per-job cap: {running}/{cap} running")
     ranked = [task for task, _ in key.order]
     if q.id not in ranked:
+        if cap is not None and running + q.ahead_in_job >= cap:
+            ahead = _plural(q.ahead_in_job, "earlier image")
+            return Reason("job_cap", f"per-job cap: {running}/{cap} running; {ahead} first")
         return _behind_heads(job, q, key, now)
     if key.state is not None and key.state.cooldown_until > now:
         until = key.state.cooldown_until
