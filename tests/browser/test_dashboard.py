@@ -73,6 +73,11 @@ def test_running_job_bars_move_over_sse_and_gallery(
     expect(page.get_by_label("SKU SKU2 progress")).to_have_attribute("value", "4")
     cards = page.locator(".gallery .card")
     expect(cards).to_have_count(12)
+    page.get_by_label("Jump to SKU").select_option(label="SKU3 (4)")
+    expect(page.locator("#page-info")).to_contain_text(re.compile("images 9.12 of 12"))
+    expect(cards.first).to_contain_text("SKU3")
+    page.get_by_role("button", name="First").click()
+    expect(page.locator("#page-info")).to_contain_text(re.compile("images 1.12 of 12"))
     expect(cards.first.locator("img").nth(1)).to_have_attribute("alt", re.compile("result"))
     page.wait_for_function(
         "() => [...document.querySelectorAll('.gallery img')]"

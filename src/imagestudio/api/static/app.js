@@ -247,6 +247,10 @@ function jobView(jobId) {
   const gallery = h("ul", { class: "gallery" });
   const pager = h("nav", { class: "pager", "aria-label": "Image pages" });
   const liveState = h("p", { class: "muted", id: "sse-state", "data-sse-events": "0" }, "connecting…");
+  // SKUs are laid out one after another by position: a SKU's first image is the sum before it.
+  const skuSelect = h("select", { id: "sku-jump" });
+  const jump = h("div", { class: "filters" }, h("label", { for: "sku-jump" }, "Jump to SKU"), skuSelect);
+  skuSelect.addEventListener("change", () => { offset = Number(skuSelect.value) || 0; refreshImages(); });
   let offset = 0;
   let job = null;
   main.replaceChildren(
@@ -254,7 +258,7 @@ function jobView(jobId) {
     h("h2", {}, `Job ${jobId}`),
     summary, liveState, actions, note,
     h("h3", {}, "Progress per SKU"), skus,
-    h("h3", { id: "gallery-title" }, "Images"), pager, gallery);
+    h("h3", { id: "gallery-title" }, "Images"), jump, pager, gallery);
 
   const cancel = h("button", { type: "button", id: "cancel" }, "Cancel job");
   const retry = h("button", { type: "button", id: "retry" }, "Retry failed");
@@ -323,6 +327,15 @@ function jobView(jobId) {
       h("span", { class: "sku-name", id: `sku-${s.sku}` }, s.sku),
       bar(done(s), s.total, `SKU ${s.sku} progress`),
       h("span", { class: "sku-count" }, `${done(s)}/${s.total}`, s.running ? ` · ${s.running} running` : "", s.failed ? ` · ${s.failed} failed` : ""))));
+    if (skuSelect.options.length !== job.skus.length) {
+      let start = 0;
+      skuSelect.replaceChildren(...job.skus.map((sk) => {
+        const option = h("option", { value: start }, `${sk.sku} (${sk.total})`);
+        start += sk.total;
+        return option;
+      }));
+    }
+    jump.hidden = job.skus.length < 2;
     if (job.skus_truncated) skus.append(h("p", { class: "muted" }, "Per-SKU bars are left out for jobs over 5,000 images."));
   }
 
