@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import KEY, Service, sign_in
 from playwright.sync_api import Page, Route, expect
+
+from .conftest import KEY, Service, sign_in
 
 pytestmark = pytest.mark.timeout(240)
 OUT = Path(__file__).resolve().parents[2] / "bench" / "out"

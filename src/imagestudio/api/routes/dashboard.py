@@ -23,6 +23,8 @@ pages = APIRouter()
 ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "chart.js": "text/javascript; charset=utf-8",
+    "core.js": "text/javascript; charset=utf-8",
+    "job.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 UI_PATH = f"{API_PREFIX}/ui"
