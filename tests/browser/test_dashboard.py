@@ -203,8 +203,9 @@ def test_timeline_chart_serial_and_concurrent(page: Page, service: Service, shoo
     assert int(chart.get_attribute("data-peak") or 0) > 1, "concurrent calls overlap"
     box = chart.bounding_box()
     assert box is not None
-    page.mouse.move(box["x"] + 95, box["y"] + 110 + 24 + 7)  # the first row's first bar
-    expect(page.locator(".tip")).to_contain_text("attempt 1 · succeeded")
+    x, y = (int(v) for v in (chart.get_attribute("data-first-bar") or "0,0").split(","))
+    page.mouse.move(box["x"] + x, box["y"] + y)  # hover the first call's bar
+    expect(page.locator(".tip")).to_contain_text(re.compile(r"attempt 1 · succeeded · \d"))
     shoot(page, "timeline-concurrent")
     page.locator("details summary", has_text="The calls as a table").click()
     expect(page.locator("details table tbody tr")).to_have_count(10)

@@ -178,6 +178,10 @@
       g.strokeRect(rx + 0.5, ry + 0.5, rw - 1, ROW - 4);
       rects.push([rx, ry, rw, ROW - 3, c, o]);
     });
+    if (rects.length) { // where the first call's bar is, for a pointer (or a test) to find
+      const [rx, ry, rw, rh] = rects[0];
+      canvas.dataset.firstBar = `${Math.round(rx + rw / 2)},${Math.round(ry + rh / 2)}`;
+    }
     canvas.onmousemove = (ev) => {
       const box = canvas.getBoundingClientRect();
       const px = ev.clientX - box.left;

@@ -224,8 +224,11 @@ function timelineView(jobId) {
       h("td", {}, c.position + 1), h("td", {}, c.sku), h("td", {}, c.stem), h("td", {}, c.attempt),
       h("td", {}, ((Date.parse(c.start) - t0) / 1000).toFixed(2)), h("td", {}, c.seconds == null ? "running" : c.seconds.toFixed(2)),
       h("td", {}, c.outcome || "running"), h("td", {}, c.error || ""))));
+    return ["succeeded", "partially_failed", "failed", "cancelled"].includes(job.status);
   };
-  const stop = every(3000, draw);
+  // Redrawn every 3 s while the job runs; an ended job's chart is drawn once and stays put.
+  let ended = false;
+  const stop = every(3000, async () => { if (!ended) ended = await draw(); });
   return { stop };
 }
 
