@@ -28,9 +28,10 @@ import httpx
 from playwright.sync_api import Browser
 
 from imagestudio.domain import API_PREFIX
+from testkit.browser import chromium
 from testkit.fleet import fake_provider_process
 from testkit.payloads import batch_payload
-from testkit.serve import chromium, serve_process
+from testkit.serve import serve_process
 
 OUT = Path(__file__).resolve().parent / "out" / "dashboard.md"
 FAKE = ("--latency-ms", "30000", "--render-size", "64")
@@ -71,8 +72,10 @@ def run(repeats: int = 3) -> dict[str, dict[str, float]]:
         db = f"sqlite+aiosqlite:///{work / 'bench.db'}"
         with (
             fake_provider_process(work, *FAKE) as (fake, _),
-            serve_process(work, db, workers=8) as url,
-            httpx.Client(base_url=f"{url}{API_PREFIX}", timeout=60) as client,
+            serve_process(
+                work, workers=8, database_url=db, allow_private_urls="127.0.0.1"
+            ) as served,
+            httpx.Client(base_url=f"{served.url}{API_PREFIX}", timeout=60) as client,
             chromium() as browser,
         ):
             jobs = {}
@@ -88,7 +91,7 @@ def run(repeats: int = 3) -> dict[str, dict[str, float]]:
             shown: dict[str, list[float]] = {name: [] for name in jobs}
             for n in range(repeats + 1):  # the first round warms the browser and the server up
                 for name, job_id in jobs.items():
-                    fcp, ms = _load(browser, f"{url}/#/jobs/{job_id}")
+                    fcp, ms = _load(browser, f"{served.url}/#/jobs/{job_id}")
                     if n:
                         paints[name].append(fcp)
                         shown[name].append(ms)

@@ -1,75 +1,58 @@
-"""A real ``imagestudio serve`` subprocess on a loopback port, and Debian's Chromium driven by
-Playwright, for the dashboard's browser tests and its first-paint benchmark.
-
-Chromium is the system one (``/usr/bin/chromium``, installed by ``scripts/ensure-browser``);
-Playwright's own browser download is never used.
-"""
+"""``imagestudio serve`` in its own process on a loopback port, and its memory from /proc:
+for tests and benchmarks that measure what a request costs the server."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from playwright.sync_api import Browser, sync_playwright
 
 from imagestudio.cli.background_server import free_port
 from testkit.fleet import clean_env, console_script
 
-CHROMIUM = os.environ.get("IMAGESTUDIO_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
+@dataclass(frozen=True, slots=True)
+class ServeProcess:
+    url: str
+    pid: int
+    log: Path
 
-def chromium_missing() -> str | None:
-    """Why the browser cannot run here, or ``None``."""
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        return f"{CHROMIUM} is not installed (scripts/ensure-browser installs it)"
-    return None
-
-
-@contextlib.contextmanager
-def chromium() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    def memory(self) -> tuple[int, int]:
+        """``(rss, peak rss)`` in bytes (VmRSS, VmHWM)."""
+        values = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                values[name] = int(rest.split()[0]) * 1024
+        return values["VmRSS"], values["VmHWM"]
 
 
 @contextlib.contextmanager
 def serve_process(
-    workdir: Path, database_url: str, *, workers: int = 8, settings: Mapping[str, str] = {}
-) -> Iterator[str]:
-    """``imagestudio serve`` on a free loopback port with its data under ``workdir``; yields
-    its URL once ``/healthz`` answers, kills it when the block ends. ``settings`` are more
-    ``IMAGESTUDIO_*`` variables (without the prefix). Output: ``workdir/serve.log``."""
+    workdir: Path, *args: str, workers: int = 0, **settings: str
+) -> Iterator[ServeProcess]:
+    """``imagestudio serve --workers N ARGS`` in ``workdir`` (SQLite there unless
+    ``database_url`` is given), ``IMAGESTUDIO_<NAME>`` settings from ``settings``; answering
+    when yielded, stopped when the block ends. Its stdout and stderr go to ``log``."""
     port = free_port()
     env = clean_env()
-    env.update(
-        IMAGESTUDIO_DATA_DIR=str(workdir / "data"),
-        IMAGESTUDIO_DATABASE_URL=database_url,
-        IMAGESTUDIO_ALLOW_PRIVATE_URLS="127.0.0.1",
-        IMAGESTUDIO_IMAGING_PROCESSES="0",
-    )
-    env.update({f"IMAGESTUDIO_{k}": v for k, v in settings.items()})
-    command = [console_script(), "serve", "--port", str(port), "--workers", str(workers)]
-    with (workdir / "serve.log").open("wb") as log:
-        proc = subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=log)
+    env.update(IMAGESTUDIO_DATA_DIR=str(workdir / "data"), IMAGESTUDIO_IMAGING_PROCESSES="0")
+    env.update({f"IMAGESTUDIO_{name.upper()}": value for name, value in settings.items()})
+    command = [console_script(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    log_path = workdir / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*command, "--workers", str(workers), *args],
+            env=env,
+            cwd=workdir,
+            stdout=log,
+            stderr=log,
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 60
@@ -78,10 +61,9 @@ def serve_process(
                     if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                         break
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    text = (workdir / "serve.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"imagestudio serve did not start:\n{text}")
-                time.sleep(0.1)
-            yield url
+                    raise RuntimeError(f"imagestudio serve did not start: {log_path.read_text()}")
+                time.sleep(0.05)
+            yield ServeProcess(url, proc.pid, log_path)
         finally:
             proc.terminate()
             try:

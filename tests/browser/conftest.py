@@ -21,9 +21,10 @@ from playwright.sync_api import Browser, Page
 
 from imagestudio.domain import API_PREFIX, TERMINAL_JOB_STATUSES
 from testkit import pg
+from testkit.browser import chromium, chromium_missing
 from testkit.fleet import fake_provider_process
 from testkit.payloads import batch_payload
-from testkit.serve import chromium, chromium_missing, serve_process
+from testkit.serve import serve_process
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
@@ -93,9 +94,15 @@ def service(
     try:
         with (
             fake_provider_process(workdir, *options) as (provider, _),
-            serve_process(workdir, url, workers=8, settings={"API_TOKENS": tokens}) as served,
+            serve_process(
+                workdir,
+                workers=8,
+                database_url=url,
+                allow_private_urls="127.0.0.1",
+                api_tokens=tokens,
+            ) as served,
         ):
-            yield Service(served, provider, request.param)
+            yield Service(served.url, provider, request.param)
     finally:
         if name is not None:
             pg.drop(name)

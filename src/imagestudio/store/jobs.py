@@ -12,17 +12,17 @@ Functions take a connection; the ``Store`` facade chooses the engine and the tra
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imagestudio.domain import TERMINAL_JOB_STATUSES, ImageStatus, JobSpec, JobStatus
 from imagestudio.errors import JobConflict, JobNotFound
-from imagestudio.policy.rollup import rollup_status
+from imagestudio.policy.rollup import failed_job_error, rollup_status
 from imagestudio.store import bulk, counts, governors
 from imagestudio.store.records import (
     AttemptRecord,
@@ -33,7 +33,13 @@ from imagestudio.store.records import (
     SubmitResult,
 )
 from imagestudio.store.rows import attempt_record, image_record, job_record
-from imagestudio.store.tables import ai_job, ai_job_attempt, ai_job_image, ai_job_secret
+from imagestudio.store.tables import (
+    ai_job,
+    ai_job_attempt,
+    ai_job_image,
+    ai_job_prompt,
+    ai_job_secret,
+)
 
 QUEUED = ImageStatus.QUEUED.value
 
@@ -55,7 +61,7 @@ async def insert(
     """
     pk = uuid.uuid4().hex
     job_id = spec.job_id or pk
-    inserted = await conn.scalar(_insert_job(conn, spec, pk, job_id, now))
+    inserted = await conn.scalar(_INSERT_JOB[conn.dialect.name], _job_row(spec, pk, job_id, now))
     if inserted is None:
         return job_id, False
     await bulk.insert_images(conn, pk, spec.images, now)
@@ -85,9 +91,19 @@ def _provider_key(spec: JobSpec) -> str:
     return governors.provider_key(spec.provider.api_base, spec.api_key, spec.provider.model)
 
 
-def _insert_job(conn: AsyncConnection, spec: JobSpec, pk: str, job_id: str, now: datetime) -> Any:
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    values = {
+# Values go to these statements as execution parameters, never inside them: SQLAlchemy's
+# compiled cache keeps the first statement of each shape with the values bound into it, so a
+# 100,000-image job's payload (about 40 MB as Python objects) would live as long as the process.
+_INSERT_JOB = {
+    name: dialect_insert(ai_job)
+    .on_conflict_do_nothing(index_elements=["user_id", "job_id"])
+    .returning(ai_job.c.id)
+    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+
+
+def _job_row(spec: JobSpec, pk: str, job_id: str, now: datetime) -> dict[str, Any]:
+    return {
         "id": pk,
         "type": "image_studio",
         "user_id": spec.user_id,
@@ -114,8 +130,6 @@ def _insert_job(conn: AsyncConnection, spec: JobSpec, pk: str, job_id: str, now:
         "created_at": now,
         "updated_at": now,
     }
-    stmt = dialect_insert(ai_job).values(**values)
-    return stmt.on_conflict_do_nothing(index_elements=["user_id", "job_id"]).returning(ai_job.c.id)
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -192,14 +206,25 @@ async def provider_keys(conn: AsyncConnection, user_id: str | None) -> list[str]
     return sorted(str(key) for key in (await conn.scalars(query)).all())
 
 
+def _with_prompts() -> Any:
+    """Image rows with their prompt's text as ``prompt``."""
+    img, text = ai_job_image, ai_job_prompt
+    joined = img.join(text, and_(text.c.job_pk == img.c.job_pk, text.c.idx == img.c.prompt_idx))
+    return select(img, text.c.text.label("prompt")).select_from(joined)
+
+
 async def images(conn: AsyncConnection, job_pk: str) -> list[ImageRecord]:
     """Every image of the job in payload order (tests, small jobs; the API pages)."""
-    query = (
-        select(ai_job_image)
-        .where(ai_job_image.c.job_pk == job_pk)
-        .order_by(ai_job_image.c.position)
-    )
+    img = ai_job_image
+    query = _with_prompts().where(img.c.job_pk == job_pk).order_by(img.c.position)
     return [image_record(r) for r in (await conn.execute(query)).all()]
+
+
+async def prompts(conn: AsyncConnection, job_pks: Iterable[str]) -> dict[tuple[str, int], str]:
+    """The prompts of these jobs by ``(job_pk, idx)``."""
+    text = ai_job_prompt
+    rows = await conn.execute(select(text).where(text.c.job_pk.in_(sorted(set(job_pks)))))
+    return {(str(r.job_pk), int(r.idx)): str(r.text) for r in rows.all()}
 
 
 async def image_page(
@@ -210,7 +235,7 @@ async def image_page(
     offset."""
     img = ai_job_image
     query = (
-        select(img)
+        _with_prompts()
         .where(img.c.job_pk == job.id, img.c.position >= offset, img.c.position < offset + limit)
         .order_by(img.c.position)
     )
@@ -292,6 +317,8 @@ async def rollup(
     job_pk: str,
     now: datetime,
     moved: Mapping[str, int] | None = None,
+    *,
+    last_error: str | None = None,
     **changes: Any,
 ) -> str:
     """Roll the job up after a change to its images, in one UPDATE of its row.
@@ -300,6 +327,8 @@ async def rollup(
     shifts the counts (``store.counts``) in the same UPDATE, and the status comes from the
     counts after it (``policy.rollup``). ``changes`` are other columns to set with it
     (``cancel_requested``, ``error``). The ordered result URLs are rebuilt when ``urls_due``.
+    ``last_error`` is the error of the image that just failed: a job that ends ``failed``
+    without a job-level error gets one from it (``policy.rollup.failed_job_error``).
     A job that ends has its sealed key erased. Returns the new status.
 
     One UPDATE, not one per concern: on SQLite every UPDATE of a row rewrites the whole row,
@@ -317,20 +346,31 @@ async def rollup(
         started=job.status != JobStatus.QUEUED.value,
     )
     ended = status in TERMINAL_JOB_STATUSES
-    values: dict[str, Any] = changes | {
-        "status": status.value,
-        "updated_at": now,
-        "finished_at": now if ended else None,
-    }
+    summary = failed_job_error(status, after, last_error) if job.error is None else None
+    values: dict[str, Any] = (
+        ({"error": summary} if summary else {})
+        | changes
+        | {
+            "status": status.value,
+            "updated_at": now,
+            "finished_at": now if ended else None,
+        }
+    )
     for image_status, delta in moved.items():
         column = counts.COLUMNS[image_status]
         values[column] = getattr(ai_job.c, column) + delta
+    params: dict[str, Any] = {}
     if urls_due(job.total, job.urls_refreshed_at, now, ended=ended):
-        values |= {"result_image_urls": await _result_urls(conn, job_pk), "urls_refreshed_at": now}
-    await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(**values))
+        # a parameter, not a value in the statement (see _INSERT_JOB): the list can be long
+        params["urls"] = await _result_urls(conn, job_pk)
+        values |= {"result_image_urls": _URLS, "urls_refreshed_at": now}
+    await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(**values), params)
     if ended:  # the key is erased when the job ends
         await conn.execute(ai_job_secret.delete().where(ai_job_secret.c.job_pk == job_pk))
     return status.value
+
+
+_URLS = bindparam("urls", type_=ai_job.c.result_image_urls.type)
 
 
 def _rollup_row(job_pk: str) -> Any:
@@ -338,6 +378,7 @@ def _rollup_row(job_pk: str) -> Any:
         *(getattr(ai_job.c, column) for column in counts.COLUMNS.values()),
         ai_job.c.cancel_requested,
         ai_job.c.status,
+        ai_job.c.error,
         ai_job.c.total,
         ai_job.c.urls_refreshed_at,
     ).where(ai_job.c.id == job_pk)

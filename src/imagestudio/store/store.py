@@ -26,8 +26,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagestudio.domain import JobSpec
 from imagestudio.policy.governor import GovernorParams, GovernorState, Observation
+from imagestudio.policy.quota import InFlight
 from imagestudio.policy.waiting import Reason
-from imagestudio.store import actions, governors, jobs, outcomes, queue, waiting
+from imagestudio.store import (
+    actions,
+    governors,
+    jobs,
+    outcomes,
+    ownership,
+    queue,
+    quota,
+    waiting,
+)
 from imagestudio.store.governors import Pin, provider_key
 from imagestudio.store.outbox import EventOutbox
 from imagestudio.store.records import (
@@ -146,6 +156,16 @@ class Store:
                 limit=limit,
                 initial_window=self.governor.initial_window,
             )
+
+    async def in_flight(self, user_id: str) -> InFlight:
+        """The user's jobs not ended and their images queued or running (admission)."""
+        async with self.reader.connect() as conn:
+            return await quota.in_flight(conn, user_id)
+
+    async def job_owner(self, job_pk: str) -> str | None:
+        """The user whose job has the primary key ``job_pk`` (None: no such job)."""
+        async with self.reader.connect() as conn:
+            return await ownership.job_owner(conn, job_pk)
 
     async def attempt_page(
         self, job_pk: str, *, after: tuple[datetime, int] | None, limit: int
