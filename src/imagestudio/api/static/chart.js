@@ -150,7 +150,7 @@
     const base = TOP + 14;
     for (let i = 0; i <= 5; i++) {
       const t = t0 + (span * i) / 5;
-      g.fillText(`${((t - t0) / 1000).toFixed(1)} s`, x(t) - 12, base);
+      g.fillText(`${((t - t0) / 1000).toFixed(1)} s`, x(t) - (i === 5 ? 34 : 12), base);
     }
     g.fillText(byImage ? "image" : "slot", 4, base);
     // rows
