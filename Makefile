@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(VENV)/bin/imagestudio demo
+	$(VENV)/bin/imagestudio demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench testkit
@@ -26,6 +27,7 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	scripts/ensure-services
+	scripts/ensure-browser
 	scripts/run-pytest $(VENV)
 
 test: lint typecheck pytest

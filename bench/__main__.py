@@ -17,6 +17,8 @@ Suites, in order (``--only`` / ``--skip`` pick them):
   grow to 100,000 images (``bench/scale/``, ``bench/out/scale.md``; about 25 minutes);
 - ``s3_clients``: aiobotocore against obstore, 100 puts of 1536 px PNGs into moto's S3
   server (``bench/s3_clients.py``, ``bench/out/s3_clients.md``).
+- ``dashboard``: the dashboard's first paint on a 5-image and a 5,000-image job in Debian's
+  Chromium (``bench/dashboard.py``, ``bench/out/dashboard.md``).
 
 The exit code is 1 if any suite failed.
 """
@@ -37,7 +39,7 @@ from bench import demo_time, overhead
 from imagestudio.observability.logs import configure_logging
 
 OUT = Path(__file__).resolve().parent / "out" / "overhead.md"
-SUITES = ("overhead", "demo", "imaging", "governor", "chaos", "scale", "s3_clients")
+SUITES = ("overhead", "demo", "imaging", "governor", "chaos", "scale", "s3_clients", "dashboard")
 
 
 def _suites(text: str) -> list[str]:
@@ -117,7 +119,7 @@ def main() -> int:
         except Exception:
             traceback.print_exc()
             failed.append("overhead/demo")
-    for name in ("imaging", "governor", "chaos", "scale", "s3_clients"):
+    for name in ("imaging", "governor", "chaos", "scale", "s3_clients", "dashboard"):
         if name not in chosen:
             continue
         print(f"\n== {name}", flush=True)

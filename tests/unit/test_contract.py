@@ -26,8 +26,11 @@ COMMANDS: dict[str, set[str]] = {
     "worker": {"--concurrency"},
     "fake-provider": {"--port", "--rpm", "--concurrency", "--latency-ms", "--error-rate"},
     "submit": {"--follow"},
-    "demo": set(),
+    "demo": {"--keep"},
     "migrate": set(),
+    "jobs": {"--url", "--token"},
+    "show": {"--url", "--token"},
+    "timeline": {"--url", "--token", "--png"},
 }
 
 ROUTES = [
@@ -39,6 +42,8 @@ ROUTES = [
     ("GET", "/jobs/{job_id}/timeline"),
     ("POST", "/jobs/{job_id}/cancel"),
     ("POST", "/jobs/{job_id}/retry"),
+    ("GET", "/jobs/{job_id}/results.zip"),
+    ("GET", "/providers"),
 ]
 
 SETTINGS_NAMES = [
@@ -164,6 +169,17 @@ def test_health_and_metrics_routes(api: Settings, path: str) -> None:
     }
     assert (path, "GET") in at_root
     assert "get" in app.openapi()["paths"][f"{API_PREFIX}{path}"]
+
+
+@pytest.mark.parametrize("path", ["/", f"{API_PREFIX}/"])
+def test_the_dashboard_is_served_at_the_root_and_under_the_api(api: Settings, path: str) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(api)) as client:
+        answer = client.get(path)
+    assert answer.status_code == 200
+    assert "<title>imagestudio</title>" in answer.text
+    assert "default-src 'none'" in answer.headers["content-security-policy"]
 
 
 # -- settings -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from imagestudio.api.limits import BodyLimit, BodyTooLarge
-from imagestudio.api.routes import files, jobs, system
+from imagestudio.api.routes import dashboard, files, jobs, results, system
 from imagestudio.domain import API_PREFIX
 from imagestudio.errors import (
     ApiKeyRequired,
@@ -50,6 +50,9 @@ def create_app(settings: Settings, *, workers: int = 0) -> FastAPI:
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(system.router, prefix=API_PREFIX)
     app.include_router(files.router, prefix=API_PREFIX)
+    app.include_router(results.router, prefix=API_PREFIX)
+    app.include_router(dashboard.router, prefix=API_PREFIX)
+    app.include_router(dashboard.pages)
     app.add_api_route("/healthz", system.healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/readyz", system.readyz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", system.metrics, methods=["GET"], include_in_schema=False)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
 
 from imagestudio.domain import API_PREFIX
+from imagestudio.policy.waiting import Reason
 from imagestudio.store.records import (
     AttemptRecord,
     GovernorView,
@@ -123,6 +125,7 @@ class JobSummary(BaseModel):
     status: str
     total: int
     completed: int
+    counts: Counts
     error: str | None
     created_at: datetime
     updated_at: datetime
@@ -148,6 +151,9 @@ class ImageOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     usage: UsageOut
+    waiting_reason: str | None = None
+    waiting_kind: str | None = None
+    waiting_until: datetime | None = None
 
 
 class ImagePage(BaseModel):
@@ -196,6 +202,26 @@ def governor_out(view: GovernorView | None) -> GovernorOut | None:
         cooldown_cause=state.cooldown_cause if cooldown > 0 else None,
         rate_limited=state.rate_limited,
         pinned=state.pinned_window is not None or state.pinned_rate is not None,
+    )
+
+
+class ProviderOut(GovernorOut):
+    key: str  # a fingerprint of api_base + key + model, never the key
+    api_base: str
+    model: str
+    rate_ceiling_per_minute: float | None
+
+
+def provider_out(view: GovernorView) -> ProviderOut:
+    shown = governor_out(view)
+    assert shown is not None
+    ceiling = view.state.rate_ceiling
+    return ProviderOut(
+        key=view.key[:12],
+        api_base=view.api_base,
+        model=view.model,
+        rate_ceiling_per_minute=round(ceiling * 60, 1) if ceiling else None,
+        **shown.model_dump(),
     )
 
 
@@ -262,6 +288,7 @@ def job_summary(job: JobRecord) -> JobSummary:
         status=job.status,
         total=job.total,
         completed=job.counts["succeeded"],
+        counts=Counts(total=job.total, **job.counts),
         error=job.error,
         created_at=job.created_at,
         updated_at=job.updated_at,
@@ -269,8 +296,11 @@ def job_summary(job: JobRecord) -> JobSummary:
     )
 
 
-def image_out(image: ImageRecord) -> ImageOut:
+def image_out(image: ImageRecord, reason: Reason | None = None) -> ImageOut:
     waiting = image.status == "queued" and image.first_started_at is not None
+    until = None
+    if reason is not None and reason.until is not None:
+        until = datetime.fromtimestamp(reason.until, UTC)
     return ImageOut(
         position=image.position,
         sku=image.sku,
@@ -290,14 +320,21 @@ def image_out(image: ImageRecord) -> ImageOut:
         started_at=image.started_at,
         finished_at=image.finished_at,
         usage=usage_out(image.input_tokens, image.output_tokens, image.cost),
+        waiting_reason=reason.text if reason else None,
+        waiting_kind=reason.kind if reason else None,
+        waiting_until=until,
     )
 
 
-def image_page_out(page: Page[ImageRecord], base: str) -> ImagePage:
-    """A page of images; ``next`` is the next page's path (``base`` is the images route)."""
+def image_page_out(
+    page: Page[ImageRecord], base: str, reasons: Mapping[int, Reason] | None = None
+) -> ImagePage:
+    """A page of images; ``next`` is the next page's path (``base`` is the images route);
+    ``reasons``: why each queued one waits, by image id."""
     after = page.next_offset
+    reasons = reasons or {}
     return ImagePage(
-        images=[image_out(i) for i in page.items],
+        images=[image_out(i, reasons.get(i.id)) for i in page.items],
         total=page.total,
         offset=page.offset,
         limit=page.limit,

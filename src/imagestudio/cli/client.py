@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -44,6 +45,46 @@ class ApiClient:
             offset = page["next_offset"]
         return images
 
+    def jobs(self, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        response = self.http.get(f"{API_PREFIX}/jobs", params=params)
+        response.raise_for_status()
+        found: list[dict[str, Any]] = response.json()["jobs"]
+        return found
+
+    def image_page(self, job_id: str, *, offset: int = 0, limit: int = 500) -> dict[str, Any]:
+        response = self.http.get(
+            f"{API_PREFIX}/jobs/{job_id}/images", params={"offset": offset, "limit": limit}
+        )
+        response.raise_for_status()
+        page: dict[str, Any] = response.json()
+        return page
+
+    def timeline(self, job_id: str, *, most: int = 20_000) -> list[dict[str, Any]]:
+        """The job's calls by start, page after page, at most ``most``."""
+        calls: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while len(calls) < most:
+            params: dict[str, Any] = {"limit": min(5000, most - len(calls))}
+            if cursor:
+                params["cursor"] = cursor
+            response = self.http.get(f"{API_PREFIX}/jobs/{job_id}/timeline", params=params)
+            response.raise_for_status()
+            page: dict[str, Any] = response.json()
+            calls.extend(page["calls"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        return calls
+
+
+def waiting_summary(images: list[dict[str, Any]], most: int = 2) -> str:
+    """The commonest waiting reasons among ``images``, with how many images each holds."""
+    counts = Counter(i["waiting_reason"] for i in images if i.get("waiting_reason"))
+    return "; ".join(f"{reason} (x{n})" for reason, n in counts.most_common(most))
+
 
 def _done(counts: dict[str, int]) -> int:
     return counts["succeeded"] + counts["failed"] + counts["cancelled"]
@@ -67,6 +108,9 @@ def follow(
             sku["sku"]: progress.add_task(f"  {sku['sku'][:22]}", total=sku["total"], state="")
             for sku in job["skus"]
         }
+        why = progress.add_task("  waiting", total=None, state="", visible=False)
+        polls = 0
+        said = ""
         while True:
             counts = job["counts"]
             spent = _usd((job.get("usage") or {}).get("estimated_cost_usd"))
@@ -75,7 +119,17 @@ def follow(
                 state = f"{sku['running']} running" if sku["running"] else ""
                 progress.update(bars[sku["sku"]], completed=_done(sku), state=state)
             if job["status"] in TERMINAL_JOB_STATUSES:
+                progress.update(why, visible=False)
                 return job
+            if polls % 4 == 0 and counts["queued"]:  # why the queued ones wait, now and then
+                reasons = waiting_summary(client.image_page(job_id, limit=500)["images"])
+                progress.update(why, visible=bool(reasons), state=reasons[:110])
+                if reasons and reasons != said and not console.is_terminal:
+                    console.print(f"waiting: {reasons}")  # no live bars: say it once a change
+                said = reasons
+            elif not counts["queued"]:
+                progress.update(why, visible=False)
+            polls += 1
             time.sleep(interval)
             job = client.job(job_id)
 

@@ -7,8 +7,9 @@ import contextlib
 import ipaddress
 import json
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
 import typer
@@ -18,6 +19,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from imagestudio.observability.logs import configure_logging, uvicorn_log_config
 from imagestudio.settings import Settings
+
+if TYPE_CHECKING:
+    from imagestudio.cli.client import ApiClient
 
 app = typer.Typer(
     name="imagestudio",
@@ -186,6 +190,87 @@ def submit(
         client.close()
 
 
+Url = Annotated[str, typer.Option(help="The service.", envvar="IMAGESTUDIO_URL")]
+Token = Annotated[str | None, typer.Option(help="Bearer token.", envvar="IMAGESTUDIO_TOKEN")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@app.command("jobs")
+def list_jobs(
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+) -> None:
+    """List your jobs, newest first."""
+    from imagestudio.cli.views import jobs_table
+
+    with _client(url, token) as client:
+        console.print(jobs_table(client.jobs(status=status, limit=limit)))
+
+
+@app.command()
+def show(
+    job_id: Annotated[str, typer.Argument(help="The job's job_id.")],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    images: Annotated[int, typer.Option(help="How many images to list.")] = 50,
+) -> None:
+    """One job: its counts, a bar per SKU, its images with why each queued one waits."""
+    from imagestudio.cli.views import show_job
+
+    with _client(url, token) as client:
+        job = client.job(job_id)
+        page = client.image_page(job_id, limit=max(1, min(images, 5000)))
+        console.print(show_job(job, page["images"], page["total"]))
+
+
+@app.command()
+def timeline(
+    job_id: Annotated[str, typer.Argument(help="The job's job_id.")],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    png: Annotated[Path | None, typer.Option(help="Also draw the chart into this PNG.")] = None,
+    width: Annotated[int, typer.Option(help="Characters of time axis.")] = 72,
+) -> None:
+    """The job's AI calls as a chart: calls in flight over time, every attempt by outcome."""
+    from datetime import UTC, datetime
+
+    from imagestudio.cli import views
+
+    with _client(url, token) as client:
+        job = client.job(job_id)
+        calls = client.timeline(job_id)
+    now = datetime.now(UTC)
+    console.print(views.text_timeline(calls, job, width=max(20, width), now=now))
+    if png is not None:
+        from imagestudio.cli.timeline_png import draw
+
+        by_image = int(job["counts"]["total"]) <= views.MAX_IMAGE_ROWS
+        draw(views.spans(calls, int(job["counts"]["total"]), now), job, png, by_image=by_image)
+        console.print(f"chart written to {png}")
+
+
+@contextlib.contextmanager
+def _client(url: str, token: str | None) -> Iterator[ApiClient]:
+    """The API client; an HTTP error becomes one line and exit code 1."""
+    import httpx
+
+    from imagestudio.cli.client import ApiClient
+
+    client = ApiClient(url, token)
+    try:
+        yield client
+    except httpx.HTTPStatusError as exc:
+        console.print(f"[red]{exc.response.status_code}[/red] {exc.response.text[:300]}")
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as exc:
+        console.print(f"[red]cannot reach {url}[/red]: {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
+
+
 @app.command()
 def demo(
     data_dir: Annotated[
@@ -193,12 +278,18 @@ def demo(
     ] = Path("imagestudio-demo"),
     latency_ms: Annotated[float, typer.Option(help="Fake provider mean latency.")] = 1500.0,
     workers: Annotated[int, typer.Option(help="In-process task slots.")] = 4,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the service and dashboard up until Ctrl-C.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="The service's port (0: any free one).")] = 0,
 ) -> None:
     """Run the seed's example batch offline: fake provider, service, progress, results."""
     from imagestudio.cli.demo import run_demo
 
     configure_logging(level=30)
-    code = run_demo(console, data_dir=data_dir, latency_ms=latency_ms, workers=workers)
+    code = run_demo(
+        console, data_dir=data_dir, latency_ms=latency_ms, workers=workers, keep=keep, port=port
+    )
     raise typer.Exit(code)
 
 

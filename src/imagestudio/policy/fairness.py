@@ -199,6 +199,12 @@ def candidates(
     return [(r.head.id, r.job.provider_key) for r in kept[: scan(limit)]]
 
 
+def fair_order(view: View, first: int) -> list[tuple[int, Job]]:
+    """Every job's first ``first`` heads (within its cap) in fair order, before the windows:
+    ``(task id, job)``. What ``candidates`` walks; ``policy.waiting`` explains from it."""
+    return [(r.head.id, r.job) for r in sorted(_ranked(view, first), key=_Ranked.fair_key)]
+
+
 def _ranked(view: View, first: int) -> list[_Ranked]:
     """Job and user turns of every job's first ``first`` heads (within the cap)."""
     job_running = Counter(r.job for r in view.running)

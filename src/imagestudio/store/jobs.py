@@ -212,13 +212,28 @@ async def progress(conn: AsyncConnection, user_id: str | None, job_id: str) -> J
 
 
 async def list_jobs(
-    conn: AsyncConnection, user_id: str | None, *, limit: int, offset: int
+    conn: AsyncConnection,
+    user_id: str | None,
+    *,
+    limit: int,
+    offset: int,
+    status: str | None = None,
 ) -> list[JobRecord]:
     query = select(*_LIGHT).order_by(ai_job.c.created_at.desc(), ai_job.c.id)
     if user_id is not None:
         query = query.where(ai_job.c.user_id == user_id)
+    if status is not None:
+        query = query.where(ai_job.c.status == status)
     query = query.limit(limit).offset(offset)
     return [job_record(r) for r in (await conn.execute(query)).all()]
+
+
+async def provider_keys(conn: AsyncConnection, user_id: str | None) -> list[str]:
+    """The provider keys the user's jobs call (every key in local mode)."""
+    query = select(ai_job.c.provider_key).distinct()
+    if user_id is not None:
+        query = query.where(ai_job.c.user_id == user_id)
+    return sorted(str(key) for key in (await conn.scalars(query)).all())
 
 
 def _with_prompts() -> Any:

@@ -28,6 +28,7 @@ from imagestudio.domain import JobSpec
 from imagestudio.policy.cost import Price
 from imagestudio.policy.governor import GovernorParams, GovernorState, Observation
 from imagestudio.policy.quota import InFlight
+from imagestudio.policy.waiting import Reason
 from imagestudio.store import (
     actions,
     budget,
@@ -37,6 +38,7 @@ from imagestudio.store import (
     ownership,
     queue,
     quota,
+    waiting,
     webhooks,
 )
 from imagestudio.store.budget import Refused, Reserved
@@ -129,10 +131,16 @@ class Store:
             return await jobs.progress(conn, user_id, job_id)
 
     async def list_jobs(
-        self, user_id: str | None, *, limit: int = 50, offset: int = 0
+        self, user_id: str | None, *, limit: int = 50, offset: int = 0, status: str | None = None
     ) -> list[JobRecord]:
+        """The user's jobs, newest first; ``status`` keeps only those in that status."""
         async with self.reader.connect() as conn:
-            return await jobs.list_jobs(conn, user_id, limit=limit, offset=offset)
+            return await jobs.list_jobs(conn, user_id, limit=limit, offset=offset, status=status)
+
+    async def provider_keys(self, user_id: str | None) -> list[str]:
+        """The provider keys the user's jobs call (all of them in local mode)."""
+        async with self.reader.connect() as conn:
+            return await jobs.provider_keys(conn, user_id)
 
     async def images(self, job_pk: str) -> list[ImageRecord]:
         async with self.reader.connect() as conn:
@@ -142,6 +150,22 @@ class Store:
         """Images by position from ``offset``, at most ``limit`` (O(limit) at any offset)."""
         async with self.reader.connect() as conn:
             return await jobs.image_page(conn, job, offset=offset, limit=limit)
+
+    async def waiting_reasons(
+        self, job: JobRecord, images: Sequence[ImageRecord], *, limit: int
+    ) -> dict[int, Reason]:
+        """Why each queued image of ``images`` has not started, by image id, from the claim's
+        own view and admission logic (``store.waiting``, ``policy.waiting``); ``limit`` is the
+        claim size to explain for (a worker's slots)."""
+        async with self.reader.connect() as conn:
+            return await waiting.reasons(
+                conn,
+                job,
+                images,
+                now=self.clock(),
+                limit=limit,
+                initial_window=self.governor.initial_window,
+            )
 
     async def in_flight(self, user_id: str) -> InFlight:
         """The user's jobs not ended and their images queued or running (admission)."""

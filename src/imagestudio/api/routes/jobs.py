@@ -34,7 +34,7 @@ from imagestudio.api.schemas import (
     timeline_cursor,
 )
 from imagestudio.api.signed import signed_event, signed_job, signed_page
-from imagestudio.domain import API_PREFIX, TERMINAL_JOB_STATUSES
+from imagestudio.domain import API_PREFIX, TERMINAL_JOB_STATUSES, JobStatus
 from imagestudio.store.records import JobRecord
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -75,8 +75,11 @@ async def list_jobs(
     user: UserDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
+    status: Annotated[JobStatus | None, Query()] = None,
 ) -> dict[str, list[JobSummary]]:
-    jobs = await store.list_jobs(user, limit=limit, offset=offset)
+    """The caller's jobs, newest first; ``status`` keeps those in that status."""
+    found = status.value if status else None
+    jobs = await store.list_jobs(user, limit=limit, offset=offset, status=found)
     return {"jobs": [job_summary(j) for j in jobs]}
 
 
@@ -102,15 +105,21 @@ LightJobDep = Annotated[JobRecord, Depends(_light_job)]
 
 @router.get("/{job_id}/images", response_model=ImagePage)
 async def get_images(
-    store: StoreDep,
+    services: ServicesDep,
     job: LightJobDep,
     signer: SignerDep,
     offset: Offset = 0,
     limit: PageLimit = DEFAULT_PAGE,
 ) -> ImagePage:
-    """Images by position, ``limit`` from ``offset`` (the position of the first)."""
+    """Images by position, ``limit`` from ``offset`` (the position of the first); each
+    queued one with ``waiting_reason``, why it has not started (``policy.waiting``)."""
+    store = services.store
     page = await store.image_page(job, offset=offset, limit=limit)
-    return signed_page(image_page_out(page, f"{API_PREFIX}/jobs/{job.job_id}/images"), signer)
+    reasons = await store.waiting_reasons(
+        job, page.items, limit=services.settings.worker_concurrency
+    )
+    base = f"{API_PREFIX}/jobs/{job.job_id}/images"
+    return signed_page(image_page_out(page, base, reasons), signer)
 
 
 @router.get("/{job_id}/timeline", response_model=dict[str, Any])
