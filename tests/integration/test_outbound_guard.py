@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -13,10 +14,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from imagestudio.cli.background_server import BackgroundServer
+from imagestudio.cli.background_server import BackgroundServer, free_port
 from imagestudio.errors import (
     AnswerTooLarge,
     DeadlineExceeded,
+    ProviderTimeout,
     ProviderUnavailable,
     SourceUnavailable,
     UnsafeURL,
@@ -278,5 +280,30 @@ async def test_a_name_that_does_not_resolve_is_a_connect_error(outbound: Outboun
     try:
         with pytest.raises(ProviderUnavailable, match=r"cannot reach provider.*cannot resolve"):
             await provider.generate(ImageRequest("a mug", "gpt-image-1", "256x256"))
+    finally:
+        await provider.aclose()
+
+
+async def test_a_result_url_that_stalls_or_fails_says_so(
+    servers: tuple[BackgroundServer, BackgroundServer], outbound: Outbound
+) -> None:
+    config = ProviderConfig(f"{servers[0].url}/v1", "sk-x", "gpt-image-1", "images", 0.3)
+    provider: Any = make_provider(config, outbound=outbound)
+    port = free_port("127.0.0.2")  # nothing listens there
+    try:
+        with pytest.raises(
+            ProviderTimeout, match=r"provider image URL did not finish within 0\.3 s"
+        ):
+            await provider.download(f"{servers[0].url}/stall")
+        allowed = Outbound(OutboundPolicy.of([f"127.0.0.2:{port}"]))
+        refused: Any = make_provider(config, outbound=allowed)
+        try:
+            with pytest.raises(
+                ProviderUnavailable, match="provider image URL failed: ConnectError"
+            ):
+                await refused.download(f"http://127.0.0.2:{port}/x.png")
+        finally:
+            await refused.aclose()
+            await allowed.aclose()
     finally:
         await provider.aclose()
