@@ -171,6 +171,7 @@ def settings(data_dir: Path, url: str, fake: Fake, **overrides: Any) -> Settings
     values: dict[str, Any] = {
         "poll_interval": 0.05,
         "max_images_per_job": MAX_IMAGES,
+        "max_images_in_flight": 10 * MAX_IMAGES,
         "worker_concurrency": SLOTS,
         "provider_limits": pins(fake),
         "governor_initial_window": float(SLOTS),
@@ -183,6 +184,7 @@ def service_env(fake: Fake) -> dict[str, str]:
     return {
         "POLL_INTERVAL": "0.05",
         "MAX_IMAGES_PER_JOB": str(MAX_IMAGES),
+        "MAX_IMAGES_IN_FLIGHT": str(10 * MAX_IMAGES),
         "WORKER_CONCURRENCY": str(SLOTS),
         "PROVIDER_LIMITS": json.dumps(pins(fake)),
         "GOVERNOR_INITIAL_WINDOW": str(float(SLOTS)),

@@ -15,7 +15,9 @@ meets them, with ``raise Mapped(...) from exc`` so the cause is kept.
     │   │                           for the job: every image would meet it)
     │   ├── SourceNotFound          the source image answered 4xx (404, 403, ...)
     │   ├── SourceTooLarge          the source exceeds the byte or pixel cap
-    │   └── BadImage                the bytes are not an image we can decode
+    │   ├── BadImage                the bytes are not an image we can decode
+    │   └── TooMuchInFlight         the user's jobs or images in flight are at their quota
+    │                               (HTTP 429 with ``retry_after``)
     ├── SourceUnavailable           the source host failed or timed out (transient)
     ├── ProviderError               the image provider said no or failed
     │   ├── RateLimited             429 rate limit; ``retry_after`` seconds if the server said
@@ -114,6 +116,15 @@ class BadImage(InputError):
     """The bytes could not be decoded as a supported image."""
 
 
+class TooMuchInFlight(InputError):
+    """A submission refused because the user already has their quota of work in flight;
+    ``retry_after`` is the suggested wait in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class SourceUnavailable(ImageStudioError):
     """The source host failed, timed out or answered 5xx; worth retrying."""
 
@@ -137,11 +148,13 @@ class RateLimited(ProviderError):
         status_code: int | None = 429,
         rate: RateInfo | None = None,
         limit: LimitKind | None = None,
+        wait_cause: str | None = None,
     ) -> None:
         super().__init__(message, status_code=status_code)
         self.retry_after = retry_after
         self.rate = rate
         self.limit = limit  # which limit the provider said was hit, when it said
+        self.wait_cause = wait_cause  # the header ``retry_after`` was read from
 
 
 class ProviderTimeout(ProviderError):

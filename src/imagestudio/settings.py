@@ -33,12 +33,23 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     allow_private_urls: str = ""
     public_base_url: str | None = None
+    # With API tokens set, result URLs in answers are signed for this long (files route).
+    files_url_ttl_seconds: float = Field(default=3600.0, ge=60)
 
-    # Intake limits.
+    # Intake limits. A body over max_body_bytes is refused (413) as it streams in.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_images_per_job: int = Field(default=5000, ge=1)
+    # Per-user admission: a submission past either is refused (429, Retry-After).
+    max_jobs_in_flight: int = Field(default=100, ge=1)
+    max_images_in_flight: int = Field(default=100_000, ge=1)
+    quota_retry_after_seconds: float = Field(default=30.0, gt=0)
+    max_prompt_chars: int = Field(default=32_000, ge=1)  # each template and each built prompt
 
     # Worker behaviour.
+    # Tasks per process outside a provider call (source fetch, post-processing, storing);
+    # the calls themselves follow the governors, up to worker_max_tasks tasks per process.
     worker_concurrency: int = Field(default=16, ge=1)
+    worker_max_tasks: int = Field(default=512, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval: float = Field(default=0.5, gt=0)
     events_poll_seconds: float = Field(default=0.5, gt=0)

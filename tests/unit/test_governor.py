@@ -217,7 +217,7 @@ def test_a_learned_pace_regains_holds_then_probes() -> None:
         state = ok(state, 11.0, in_flight=9)
     assert state.rate == pytest.approx(10.0 * P.rate_hold_share)  # regained, held under
     for _ in range(100):
-        state = ok(state, state.hold_until + 1, in_flight=10)
+        state = ok(state, state.rate_hold_until + 1, in_flight=10)
     assert 10.0 < state.rate < 11.0  # the hold is over: probing above, slowly
 
 

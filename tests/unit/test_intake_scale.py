@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from imagestudio.errors import PayloadInvalid
-from imagestudio.jobs.intake import IntakeLimits, build_job_spec, parse_payload
+from imagestudio.jobs.intake import IntakeLimits, build_job_spec, host_problem, parse_payload
 from imagestudio.jobs.prompts import build_prompt
 from testkit.payloads import batch_payload
 
@@ -31,14 +31,30 @@ URLS = [
     "cdn.example.com/a.jpg",
     "javascript:alert(1)",
     "https://cdn.example.com\n/a.jpg",
+    "https://a..b/a.jpg",
+    "https://cdn.example.com:99999/a.jpg",
+    "https://cdn.example.com:65535/a.jpg",
+    "https://" + "a" * 64 + ".example.com/a.jpg",
+    "https://bücher.example/a.jpg",
     "",
 ]
 
 
 def _accepted(url: str) -> bool:
-    """The rule as it was before the fast path: ``urlsplit`` decides every URL."""
+    """The rule without the fast path: ``urlsplit`` parses every URL, which needs an http(s)
+    scheme, a valid host name and port, and no credentials."""
     parts = urlsplit(url.strip())
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "@" not in parts.netloc
+        and port != 0
+        and host_problem(parts.hostname or "") is None
+    )
 
 
 @pytest.mark.parametrize("url", URLS)

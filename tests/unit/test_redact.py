@@ -11,7 +11,14 @@ import structlog
 
 from imagestudio.observability.logs import configure_logging
 from imagestudio.providers.error_map import scrub
-from imagestudio.security.redact import KNOWN, REDACTED, SecretRegister, forms, redact
+from imagestudio.security.redact import (
+    KNOWN,
+    REDACTED,
+    SecretRegister,
+    forms,
+    redact,
+    strip_userinfo,
+)
 
 CANARY = "sk-canary-7f3a9c1e5b2d4f60aa"
 
@@ -99,3 +106,18 @@ def test_log_lines_and_tracebacks_carry_no_known_key(
     if as_json:
         lines = [json.loads(line) for line in err.strip().splitlines()]
         assert [line["event"] for line in lines] == ["task crashed", "echo"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http://u:sk-abc123456789@host/v1", "http://[REDACTED]@host/v1"),
+        ("GET https://:pw@h:8/x failed", "GET https://[REDACTED]@h:8/x failed"),
+        ("see http://host/a@b", "see http://host/a@b"),
+        ("mail admin@example.com at http://host/", "mail admin@example.com at http://host/"),
+        ("two http://a:b@x and https://c@y/", "two http://[REDACTED]@x and https://[REDACTED]@y/"),
+    ],
+)
+def test_url_credentials_are_redacted(text: str, expected: str) -> None:
+    assert strip_userinfo(text) == expected
+    assert redact(text) == expected

@@ -38,6 +38,7 @@ from imagestudio.errors import (
     SourceTooLarge,
     SourceUnavailable,
     StorageError,
+    TooMuchInFlight,
     UnsafeURL,
 )
 from imagestudio.policy.retry import (
@@ -109,6 +110,7 @@ PERMANENT: list[BaseException] = [
     JobNotFound("no job"),
     ApiKeyRequired("send the key again"),
     InputError("generic input error"),
+    TooMuchInFlight("100 jobs in flight", retry_after=30.0),
 ]
 JOB_FATAL: list[BaseException] = [
     AuthFailed("Incorrect API key provided", status_code=401),

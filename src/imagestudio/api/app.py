@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from imagestudio.api.limits import BodyLimit, BodyTooLarge
 from imagestudio.api.routes import files, jobs, system
 from imagestudio.domain import API_PREFIX
-from imagestudio.errors import ApiKeyRequired, JobConflict, JobNotFound, PayloadInvalid
+from imagestudio.errors import (
+    ApiKeyRequired,
+    JobConflict,
+    JobNotFound,
+    PayloadInvalid,
+    TooMuchInFlight,
+)
 from imagestudio.runtime.services import open_services
 from imagestudio.settings import Settings
 
@@ -38,6 +46,7 @@ def create_app(settings: Settings, *, workers: int = 0) -> FastAPI:
 
     app = FastAPI(title="imagestudio", version="0.1.0", lifespan=lifespan)
     app.state.worker_loop = None
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(system.router, prefix=API_PREFIX)
     app.include_router(files.router, prefix=API_PREFIX)
@@ -64,11 +73,27 @@ def _error_handlers(app: FastAPI) -> None:
             )
         return JSONResponse({"detail": detail}, status_code=422)
 
+    @app.exception_handler(TooMuchInFlight)
+    async def _too_much(_: Request, exc: TooMuchInFlight) -> JSONResponse:
+        return JSONResponse(
+            {"detail": exc.message, "error": "too_much_in_flight"},
+            status_code=429,
+            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
+        )
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(
+            {"detail": exc.detail, "error": "body_too_large"},
+            status_code=413,
+            headers={"Connection": "close"},
+        )
+
     @app.exception_handler(PayloadInvalid)
     async def _invalid(_: Request, exc: PayloadInvalid) -> JSONResponse:
         detail = [
             {
-                "loc": ["body", *exc.field.split(".")],
+                "loc": ["body", *exc.field.split(".")] if exc.field != "body" else ["body"],
                 "field": exc.field,
                 "msg": exc.reason,
                 "type": "payload_invalid",

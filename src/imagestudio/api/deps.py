@@ -8,7 +8,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from imagestudio.domain import FILES_PATH
 from imagestudio.runtime.services import Services
+from imagestudio.security.signing import UrlSigner
 from imagestudio.store.records import JobRecord
 from imagestudio.store.store import Store
 
@@ -72,6 +74,21 @@ def require_metrics_access(
             "metrics need IMAGESTUDIO_METRICS_TOKEN as the bearer token",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def get_signer(services: ServicesDep) -> UrlSigner | None:
+    """The result URLs' signer with API tokens set; None in local mode (files are open)."""
+    settings = services.settings
+    if not settings.token_users():
+        return None
+    return UrlSigner(
+        services.box.derive("result-urls"),
+        files_path=FILES_PATH,
+        ttl_seconds=settings.files_url_ttl_seconds,
+    )
+
+
+SignerDep = Annotated[UrlSigner | None, Depends(get_signer)]
 
 
 async def get_job(store: StoreDep, user: UserDep, job_id: str) -> JobRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,6 +40,7 @@ class GovernorOut(BaseModel):
     in_flight: int
     pace_per_minute: float | None
     cooldown_seconds: float
+    cooldown_cause: str | None = None  # what the provider said that set the cooldown
     rate_limited: int
     pinned: bool
 
@@ -128,11 +130,13 @@ def governor_out(view: GovernorView | None) -> GovernorOut | None:
         return None
     state = view.state
     rate = state.effective_rate
+    cooldown = max(0.0, state.cooldown_until - time.time())
     return GovernorOut(
         window=round(state.effective_window, 2),
         in_flight=view.in_flight,
         pace_per_minute=round(rate * 60, 1) if rate else None,
-        cooldown_seconds=round(max(0.0, state.cooldown_until - time.time()), 3),
+        cooldown_seconds=round(cooldown, 3),
+        cooldown_cause=state.cooldown_cause if cooldown > 0 else None,
         rate_limited=state.rate_limited,
         pinned=state.pinned_window is not None or state.pinned_rate is not None,
     )
@@ -225,7 +229,10 @@ def image_page_out(page: Page[ImageRecord], base: str) -> ImagePage:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-CURSOR_PATTERN = r"^\d{1,20}\.\d{1,20}$"
+CURSOR_PATTERN = r"^\d{1,18}\.\d{1,18}$"  # both parts fit in int64
+
+
+_EVENT_ID = re.compile(r"[0-9]{1,18}")
 
 
 def timeline_cursor(attempt: AttemptRecord) -> str:
@@ -234,10 +241,22 @@ def timeline_cursor(attempt: AttemptRecord) -> str:
     return f"{micros}.{attempt.id}"
 
 
-def parse_timeline_cursor(cursor: str) -> tuple[datetime, int]:
-    """``timeline_cursor`` back to ``(started_at, id)``; the route checks ``CURSOR_PATTERN``."""
+def parse_timeline_cursor(cursor: str) -> tuple[datetime, int] | None:
+    """``timeline_cursor`` back to ``(started_at, id)``; None when its time is past the year
+    9999 (the route checks ``CURSOR_PATTERN`` and answers 422)."""
     micros, _, attempt_id = cursor.partition(".")
-    return _EPOCH + timedelta(microseconds=int(micros)), int(attempt_id)
+    try:
+        return _EPOCH + timedelta(microseconds=int(micros)), int(attempt_id)
+    except OverflowError:
+        return None
+
+
+def last_event_id(header: str | None) -> int:
+    """The event id a reconnecting SSE client sends, or 0 (from the start) when the header
+    is missing or is not 1-18 ASCII digits (so it fits in int64): a bad id is ignored."""
+    if header is None or _EVENT_ID.fullmatch(header) is None:
+        return 0
+    return int(header)
 
 
 def attempt_out(attempt: AttemptRecord) -> AttemptOut:

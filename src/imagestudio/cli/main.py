@@ -16,7 +16,7 @@ import uvicorn
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
-from imagestudio.observability.logs import configure_logging
+from imagestudio.observability.logs import configure_logging, uvicorn_log_config
 from imagestudio.settings import Settings
 
 app = typer.Typer(
@@ -62,7 +62,13 @@ def serve(
             "local mode (no IMAGESTUDIO_API_TOKENS) listens on loopback only", param_hint="--host"
         )
     slots = settings.worker_concurrency if workers is None else workers
-    uvicorn.run(create_app(settings, workers=slots), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_app(settings, workers=slots),
+        host=host,
+        port=port,
+        log_level="info",
+        log_config=uvicorn_log_config(),
+    )
 
 
 @app.command()

@@ -7,9 +7,8 @@ into a 422.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import gc
+import ipaddress
 import json
 import re
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from imagestudio.jobs.payload import (
 )
 from imagestudio.jobs.prompts import build_prompt
 from imagestudio.providers.registry import choose_api_style
+from imagestudio.security.redact import strip_userinfo
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX*]\s*(\d+)\s*$")
 _FORMAT_ALIASES = {"jpg": "jpeg"}
@@ -66,31 +66,10 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _malloc_trim() -> Any:
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    return getattr(libc, "malloc_trim", None)
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Give the C heap's free pages back to the operating system (glibc's ``malloc_trim``).
-
-    A big intake allocates and frees a few hundred MB of small objects within a second; glibc
-    keeps the freed pages in its arenas, so without this a server's RSS stayed about 100 MB
-    higher for the rest of its life after one 100,000-image job. A no-op where the C library
-    has no ``malloc_trim`` (musl, macOS). It walks the heap (milliseconds): call it off the
-    event loop, and only after big intakes.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
 @dataclass(frozen=True, slots=True)
 class IntakeLimits:
     max_images: int = 5000
+    max_prompt_chars: int = 32_000  # OpenAI's gpt-image-1 prompt limit
 
 
 def parse_payload(raw: Any) -> JobPayload:
@@ -183,21 +162,76 @@ def _side(field: str, value: int) -> int:
     return value
 
 
-# The common shape, accepted without parsing: an http(s) scheme and a plain host name. Any
-# other URL goes through ``urlsplit``, which decides (a 100,000-image job checks 100,000 URLs).
+# The common shape, accepted without parsing: an http(s) scheme, a host name of dot-separated
+# labels (letters, digits, inner hyphens) and maybe a port. Any other URL goes through
+# ``_check_parsed``, which decides (a 100,000-image job checks 100,000 URLs).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _PLAIN_URL = re.compile(
-    r"(?:[Hh][Tt][Tt][Pp][Ss]?)://[A-Za-z0-9.-]*[A-Za-z0-9](?::\d+)?(?:[/?#]|\Z)"
+    rf"(?:[Hh][Tt][Tt][Pp][Ss]?)://(?P<host>(?:{_LABEL}\.)*{_LABEL})(?::(?P<port>\d{{1,5}}))?(?:[/?#]|\Z)"
 )
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+MAX_HOST_CHARS = 253
+MAX_PORT = 65535
 
 
 def _check_url(field: str, url: str) -> str:
     url = url.strip()
-    if _PLAIN_URL.match(url):
-        return url
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PayloadInvalid(field, f"expected an http(s) URL, got {url[:200]!r}")
+    plain = _PLAIN_URL.match(url)
+    if plain and len(plain.group("host")) <= MAX_HOST_CHARS:
+        port = plain.group("port")
+        if port is None or 0 < int(port) <= MAX_PORT:
+            return url
+    _check_parsed(field, url)
     return url
+
+
+def _check_parsed(field: str, url: str) -> None:
+    """Refuse ``url`` unless it is http(s) with a valid host and port and no credentials.
+
+    Credentials (``http://user:KEY@host``) are refused rather than stored or moved: the
+    provider key goes in ``options.api_key``, and a source needing a password is not one we
+    may fetch. The message shows the URL without them.
+    """
+    shown = repr(strip_userinfo(url)[:200])
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise PayloadInvalid(field, f"malformed URL {shown}: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PayloadInvalid(field, f"expected an http(s) URL, got {shown}")
+    if "@" in parts.netloc:
+        raise PayloadInvalid(
+            field,
+            f"credentials in the URL are not accepted ({shown}); send the provider key as"
+            " options.api_key",
+        )
+    if port == 0:
+        raise PayloadInvalid(field, f"port 0 in {shown}")
+    problem = host_problem(parts.hostname)
+    if problem:
+        raise PayloadInvalid(field, f"{problem} in {shown}")
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` (as ``urlsplit`` gives it: lower case, no brackets) cannot name a host,
+    or None. IP literals pass; names need 1-63 character labels, 253 characters in all, and
+    must encode to IDNA (non-ASCII names)."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return None
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    try:
+        ascii_name = name.encode("idna").decode("ascii") if not name.isascii() else name
+    except UnicodeError:
+        return f"host {host[:80]!r} is not a valid international domain name"
+    if not ascii_name or len(ascii_name) > MAX_HOST_CHARS:
+        return f"host {host[:80]!r} is empty or longer than {MAX_HOST_CHARS} characters"
+    if not all(_HOST_LABEL.fullmatch(label) for label in ascii_name.split(".")):
+        return f"host {host[:80]!r} is not a valid host name (empty, long or bad label)"
+    return None
 
 
 def _images(payload: JobPayload, limits: IntakeLimits) -> tuple[ImageSpec, ...]:
@@ -207,7 +241,7 @@ def _images(payload: JobPayload, limits: IntakeLimits) -> tuple[ImageSpec, ...]:
             "options.sku_images_map",
             f"{len(selected)} images exceed the maximum of {limits.max_images}",
         )
-    prompts = _prompts(payload)
+    prompts = _prompts(payload, limits)
     specs: list[ImageSpec] = []
     for sku, index, image in selected:
         prompt = prompts[index == 0]
@@ -231,13 +265,27 @@ def _images(payload: JobPayload, limits: IntakeLimits) -> tuple[ImageSpec, ...]:
     return tuple(specs)
 
 
-def _prompts(payload: JobPayload) -> tuple[str, str]:
-    """The two prompts a job can send, built once: ``(other images', main image's)``."""
-    options = payload.options
+def _prompts(payload: JobPayload, limits: IntakeLimits) -> tuple[str, str]:
+    """The two prompts a job can send, built once: ``(other images', main image's)``; each
+    template and each prompt at most ``limits.max_prompt_chars`` long."""
+    options, cap = payload.options, limits.max_prompt_chars
+    for name, template in options.prompt_templates.items():
+        if len(template) > cap:
+            raise PayloadInvalid(
+                f"options.prompt_templates.{name}",
+                f"{len(template)} characters exceed the maximum of {cap}",
+            )
     other, main = (
         build_prompt(options.prompt_templates, use_english=options.use_english, is_main=is_main)
         for is_main in (False, True)
     )
+    longest = max(len(other), len(main))
+    if longest > cap:
+        raise PayloadInvalid(
+            "options.prompt_templates",
+            f"the prompt built from the templates has {longest} characters, over the maximum"
+            f" of {cap}",
+        )
     return other, main
 
 

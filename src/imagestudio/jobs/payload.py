@@ -21,6 +21,7 @@ from imagestudio.providers.registry import is_api_style, unknown_api_style
 
 SUPPORTED_MODES = ("batch_series_generate", "single_generate")
 BATCH_SKU = "__batch__"
+MAX_JOB_CONCURRENCY = 10_000  # a per-job cap above this means none (and stays in int64)
 
 
 class _Open(BaseModel):
@@ -53,7 +54,7 @@ class JobOptions(_Open):
     use_english: bool = False
     prompt_templates: dict[str, str] = Field(default_factory=dict)
     api_style: str | None = None  # one of ``providers.registry.ADAPTERS``; None: by model
-    max_concurrency: int | None = Field(default=None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1, le=MAX_JOB_CONCURRENCY)
     sku_serial: bool = False
 
     @field_validator("api_style")

@@ -9,12 +9,15 @@ every frame's locals, a job's config and its key among them).
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 import structlog
+import uvicorn.config
+import uvicorn.logging
 
 from imagestudio.security.redact import redact
 
@@ -64,3 +67,27 @@ def configure_logging(*, json: bool = False, level: int = logging.INFO) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+class RedactingFormatter(uvicorn.logging.DefaultFormatter):
+    """uvicorn's console format with the whole rendered line (a traceback included) passed
+    through ``redact``: an exception that reaches uvicorn ("Exception in ASGI application")
+    is logged by the standard library, not by structlog."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class RedactingAccessFormatter(uvicorn.logging.AccessFormatter):
+    """uvicorn's access line (method, path and query), redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's default logging config with the redacting formatters."""
+    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["default"]["()"] = f"{__name__}.RedactingFormatter"
+    config["formatters"]["access"]["()"] = f"{__name__}.RedactingAccessFormatter"
+    return config

@@ -39,6 +39,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from imagestudio.domain import LimitKind, RateInfo
+from imagestudio.policy.limits import (
+    Evidence,
+    accepted,
+    classify,
+    evidence_rate,
+    header_window,
+)
 
 UNLIMITED_REQUESTS = 10_000  # a per-minute limit this high is no limit worth pacing to
 
@@ -68,7 +75,7 @@ class GovernorState:
     window: float
     ssthresh: float | None = None
     ceiling: float | None = None
-    hold_until: float = 0.0
+    hold_until: float = 0.0  # the window's hold
     epoch: float = 0.0
     cooldown_until: float = 0.0
     rate: float | None = None  # starts per second; None = not paced
@@ -79,6 +86,25 @@ class GovernorState:
     rate_limited: int = 0
     pinned_window: float | None = None
     pinned_rate: float | None = None
+    cooldown_cause: str | None = None  # what set ``cooldown_until``, for the job's answer
+    # What tells a concurrency limit from a rate limit (policy.limits.Evidence): the most
+    # calls in flight, and the most starts in the last 1, 10 and 60 s, that a call was
+    # accepted with since the last decrease; and the window a header's limit is per.
+    ok_in_flight: float | None = None
+    ok_starts_1: float | None = None
+    ok_starts_10: float | None = None
+    ok_starts_60: float | None = None
+    header_window: float | None = None
+    rate_hold_until: float = 0.0  # the pace's hold (apart from the window's)
+    ceiling_confirmed: bool = False  # the window's ceiling came from a 429 the evidence told
+
+    @property
+    def evidence(self) -> Evidence:
+        starts = (self.ok_starts_1, self.ok_starts_10, self.ok_starts_60)
+        return Evidence(
+            in_flight=self.ok_in_flight,
+            starts=None if any(s is None for s in starts) else tuple(float(s or 0) for s in starts),
+        )
 
     @property
     def effective_window(self) -> float:
@@ -119,6 +145,26 @@ class Observation:
     rate: RateInfo | None = None
     in_flight: int | None = None  # the key's running tasks when the call ended, this one too
     limit: LimitKind | None = None  # which limit a 429 says it hit, when it says
+    wait_cause: str | None = None  # the header ``retry_after`` came from
+    # This process's calls of the key in flight when the call started (itself included), and
+    # its starts of the key in the 1, 10 and 60 s before (itself included): policy.limits.
+    started_with: int | None = None
+    starts: tuple[int, ...] | None = None
+
+
+LONG_COOLDOWN = 30.0  # a cooldown longer than this is logged with its cause
+
+
+def long_cooldown(state: GovernorState, obs: Observation) -> float | None:
+    """The seconds of cooldown ``obs`` asked for, when longer than ``LONG_COOLDOWN`` and
+    in force in ``state`` (the state after it), else None: the runner logs those, with
+    ``state.cooldown_cause``."""
+    asked = obs.retry_after or 0.0
+    info = obs.rate
+    if info is not None and info.remaining_requests == 0 and info.reset_requests is not None:
+        asked = max(asked, info.reset_requests)
+    wait = state.cooldown_until - obs.now
+    return wait if asked > LONG_COOLDOWN and wait > LONG_COOLDOWN else None
 
 
 def observe(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
@@ -135,23 +181,41 @@ def _from_headers(state: GovernorState, obs: Observation, params: GovernorParams
     info = obs.rate
     if info is None:
         return state
-    rate, learned = state.rate, state.rate_ceiling
+    rate, learned, window = state.rate, state.rate_ceiling, state.header_window
     if info.limit_requests is not None:
-        per_minute = info.limit_requests
+        # The limit is per a window the header does not name: the one whose count of our
+        # starts matches the provider's (policy.limits.header_window), else the last one
+        # found, else a minute (the most cautious reading).
+        window = header_window(info.limit_requests, info.remaining_requests, obs.starts) or window
+        per_window = info.limit_requests * 60 / (window or 60.0)  # per minute
         rate = (
-            None if per_minute >= UNLIMITED_REQUESTS else per_minute / 60 * params.header_rate_share
+            None if per_window >= UNLIMITED_REQUESTS else per_window / 60 * params.header_rate_share
         )
         learned = None  # the provider said it: nothing to learn
-    cooldown = state.cooldown_until
+    cooldown, cause = state.cooldown_until, state.cooldown_cause
     if info.remaining_requests == 0 and info.reset_requests is not None:
-        next_slot = 60 / info.limit_requests if info.limit_requests else info.reset_requests
-        cooldown = max(cooldown, obs.now + min(info.reset_requests, next_slot))
-    return dataclasses.replace(state, rate=rate, rate_ceiling=learned, cooldown_until=cooldown)
+        span = window or 60.0
+        next_slot = span / info.limit_requests if info.limit_requests else info.reset_requests
+        until = obs.now + min(info.reset_requests, next_slot)
+        if until > cooldown:
+            cooldown = until
+            cause = f"no requests remaining; reset in {min(info.reset_requests, next_slot):g} s"
+    return dataclasses.replace(
+        state,
+        rate=rate,
+        rate_ceiling=learned,
+        header_window=window,
+        cooldown_until=cooldown,
+        cooldown_cause=cause,
+    )
 
 
 def _on_success(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
     latency, base = _latencies(state, obs, params)
-    state = dataclasses.replace(state, latency=latency, base_latency=base)
+    state = _with_evidence(
+        dataclasses.replace(state, latency=latency, base_latency=base),
+        accepted(state.evidence, obs.started_with, obs.starts),
+    )
     if latency is not None and base is not None and latency > params.brake_ratio * base:
         return state  # calls take far longer than usual: no growth
     state = _grow_window(state, obs, params)
@@ -189,11 +253,22 @@ def _grow_rate(state: GovernorState, obs: Observation, params: GovernorParams) -
     elif rate < params.rate_hold_share * ceiling:
         step = params.rate_recover * ceiling / per_round_trip
         grown = min(params.rate_hold_share * ceiling, rate + step)
-    elif obs.now < state.hold_until:
+    elif obs.now < state.rate_hold_until:
         grown = rate
     else:
         grown = rate + params.rate_probe * rate / per_round_trip
     return dataclasses.replace(state, rate=_at_most(grown, state.pinned_rate))
+
+
+def _with_evidence(state: GovernorState, evidence: Evidence) -> GovernorState:
+    starts = evidence.starts or (None, None, None)
+    return dataclasses.replace(
+        state,
+        ok_in_flight=evidence.in_flight,
+        ok_starts_1=starts[0],
+        ok_starts_10=starts[1],
+        ok_starts_60=starts[2],
+    )
 
 
 def _latencies(
@@ -218,34 +293,66 @@ def _hold(state: GovernorState, now: float, params: GovernorParams) -> float:
 
 
 def limit_hit(state: GovernorState, obs: Observation) -> LimitKind:
-    """Which limit a 429 hit: what the provider said, else ``requests`` when it came with
-    fewer calls in flight than the window's ceiling (more were fine before, so it is not the
-    number in flight), else ``concurrency``."""
+    """Which limit a 429 hit (docs/governor.md, "Which limit a 429 hit")."""
+    return _limit_hit(state, obs)[0]
+
+
+def _limit_hit(state: GovernorState, obs: Observation) -> tuple[LimitKind, bool]:
+    """The limit, and whether the evidence told it (not a hint or a guess):
+
+    1. what it correlates with (``policy.limits.classify``): more calls in flight than any
+       accepted call had, or more starts in some window, but not both;
+    2. else the headers: a request count at 0 is the rate limit;
+    3. else the provider's words, when they name a limit (a hint only);
+    4. else ``requests`` when it came with fewer calls in flight than the window's ceiling
+       (more were fine before, so it is not the number in flight), else ``concurrency``.
+    """
+    told = classify(state.evidence, obs.started_with, obs.starts)
+    if told is not None:
+        return told, True
+    if obs.rate is not None and obs.rate.remaining_requests == 0:
+        return "requests", False
     if obs.limit is not None:
-        return obs.limit
+        return obs.limit, False
     if state.ceiling is not None and obs.in_flight is not None and obs.in_flight < state.ceiling:
-        return "requests"
-    return "concurrency"
+        return "requests", False
+    return "concurrency", False
 
 
 def _on_rate_limited(
     state: GovernorState, obs: Observation, params: GovernorParams
 ) -> GovernorState:
-    cooldown = state.cooldown_until
-    if obs.retry_after:
-        cooldown = max(cooldown, obs.now + obs.retry_after)
-    state = dataclasses.replace(state, rate_limited=state.rate_limited + 1, cooldown_until=cooldown)
+    cooldown, cause = state.cooldown_until, state.cooldown_cause
+    if obs.retry_after and obs.now + obs.retry_after > cooldown:
+        cooldown = obs.now + obs.retry_after
+        cause = f"429 with {obs.wait_cause or 'retry-after'}: {obs.retry_after:g} s"
+    state = dataclasses.replace(
+        state,
+        rate_limited=state.rate_limited + 1,
+        cooldown_until=cooldown,
+        cooldown_cause=cause,
+    )
     if obs.sent_at < state.epoch:
         return state  # sent before the last decrease: already acted on
-    if limit_hit(state, obs) == "requests":
-        if obs.rate is not None and obs.rate.limit_requests is not None:
-            return state  # paced from the headers already; the cooldown does the rest
-        paced = state.effective_rate
-        if paced is not None:
-            return _slow_pace(state, paced, obs.now, params)
-        if obs.in_flight is not None and state.latency:
-            return _first_pace(state, obs.in_flight / state.latency, obs.now, params)
-    return _shrink_window(state, obs, params)
+    kind, confirmed = _limit_hit(state, obs)
+    if kind == "concurrency":
+        return _shrink_window(state, obs, params, confirmed=confirmed)
+    if confirmed and not state.ceiling_confirmed:
+        # The rate binds, and the window's ceiling was a guess (an early 429 that could
+        # have been either): let the window grow again.
+        state = dataclasses.replace(state, ceiling=None, ssthresh=None, hold_until=0.0)
+    if obs.rate is not None and obs.rate.limit_requests is not None:
+        return state  # paced from the headers already; the cooldown does the rest
+    paced = state.effective_rate
+    if paced is not None:
+        return _slow_pace(state, paced, obs.now, params)
+    told = evidence_rate(state.evidence, obs.starts)
+    if told is not None:
+        return _first_pace(state, told * params.rate_hold_share, obs.now)
+    if obs.in_flight is not None and state.latency:
+        started = obs.in_flight / state.latency
+        return _first_pace(state, started * params.first_rate_share, obs.now)
+    return _shrink_window(state, obs, params, confirmed=False)
 
 
 def _slow_pace(
@@ -253,27 +360,31 @@ def _slow_pace(
 ) -> GovernorState:
     """A pace that drew a 429: it is the new ceiling, and the pace drops under it."""
     return dataclasses.replace(
-        state,
+        _with_evidence(state, Evidence(in_flight=state.ok_in_flight)),
         rate=paced * params.rate_decrease,
         rate_ceiling=paced,
-        hold_until=_hold(state, now, params),
+        rate_hold_until=_hold(state, now, params),
         epoch=now,
     )
 
 
-def _first_pace(
-    state: GovernorState, started: float, now: float, params: GovernorParams
-) -> GovernorState:
-    """The first request-rate 429, before any pace: the start rate is only estimated (calls
-    in flight over the latency, Little's law), and a rate limit that allows bursts lets
-    through up to about twice its rate before it says no. So the pace starts at half the
-    estimate, with no ceiling yet: it grows from there until the next 429 sets one."""
+def _first_pace(state: GovernorState, rate: float, now: float) -> GovernorState:
+    """The first request-rate 429, before any pace. The rate is what the evidence shows
+    (the accepted starts per window, ``policy.limits.evidence_rate``), else only estimated
+    (calls in flight over the latency, Little's law, and a limit that allows bursts lets
+    through up to about twice its rate before it says no: half of that). No ceiling yet:
+    the pace grows from there until the next 429 sets one."""
     return dataclasses.replace(
-        state, rate=started * params.first_rate_share, rate_ceiling=None, epoch=now
+        _with_evidence(state, Evidence(in_flight=state.ok_in_flight)),
+        rate=rate,
+        rate_ceiling=None,
+        epoch=now,
     )
 
 
-def _shrink_window(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
+def _shrink_window(
+    state: GovernorState, obs: Observation, params: GovernorParams, *, confirmed: bool
+) -> GovernorState:
     in_use = state.effective_window
     ceiling = in_use if obs.in_flight is None else min(in_use, obs.in_flight)
     if state.ceiling is not None and ceiling >= state.ceiling > params.min_window:
@@ -284,11 +395,12 @@ def _shrink_window(state: GovernorState, obs: Observation, params: GovernorParam
     else:
         window = max(params.min_window, math.floor(ceiling * params.decrease))
     return dataclasses.replace(
-        state,
+        _with_evidence(state, Evidence(starts=state.evidence.starts)),
         window=window,
         ceiling=ceiling,
         ssthresh=max(params.min_window, ceiling - 1),
         hold_until=_hold(state, obs.now, params),
+        ceiling_confirmed=confirmed,
         epoch=obs.now,
     )
 

@@ -22,3 +22,17 @@ def rollup_status(
     if failed == 0:
         return JobStatus.SUCCEEDED
     return JobStatus.PARTIALLY_FAILED if succeeded else JobStatus.FAILED
+
+
+def failed_job_error(
+    status: JobStatus, counts: dict[str, int], last_error: str | None
+) -> str | None:
+    """The job-level error of a job that ended ``failed`` because each of its images failed
+    (pure); None for any other status. A job stopped by a job-wide error (a bad key) has
+    that error already."""
+    if status is not JobStatus.FAILED or not last_error:
+        return None
+    failed = counts.get(ImageStatus.FAILED, 0)
+    if failed == 1:
+        return f"the image failed: {last_error}"
+    return f"all {failed} images failed; the last: {last_error}"

@@ -50,7 +50,7 @@ from imagestudio.errors import (
     QuotaExhausted,
     RateLimited,
 )
-from imagestudio.providers.retry_after import parse_rate_info, parse_retry_after
+from imagestudio.providers.retry_after import parse_rate_info, parse_retry_after, parse_wait
 from imagestudio.security.redact import redact
 
 MAX_MESSAGE = 500
@@ -174,12 +174,14 @@ def status_error(
         location = headers.get("location", "nowhere")
         message = scrub(f"provider redirected ({status}) to {location}, not followed", secrets)
     if cls is RateLimited:
+        wait = parse_wait(headers)
         return RateLimited(
             message,
-            retry_after=parse_retry_after(headers),
+            retry_after=None if wait is None else wait[0],
             status_code=status,
             rate=parse_rate_info(headers),
             limit=limit_kind(detail),
+            wait_cause=None if wait is None else wait[1],
         )
     return _other_status_error(cls, message, status, headers)
 

@@ -82,13 +82,14 @@ def _retry_after(text: str, now: float) -> float | None:
     return seconds if seconds is not None else _http_date(text, now)
 
 
-def _explicit(lower: Mapping[str, str], now: float) -> float | None:
-    """``retry-after-ms``, else ``retry-after``: the server's own "retry in"."""
+def _explicit(lower: Mapping[str, str], now: float) -> tuple[float, str] | None:
+    """``retry-after-ms``, else ``retry-after``: the server's own "retry in", with its name."""
     millis = _float(lower["retry-after-ms"].strip()) if "retry-after-ms" in lower else None
     if millis is not None and millis >= 0:
-        return millis / 1000.0
+        return millis / 1000.0, "retry-after-ms"
     if "retry-after" in lower:
-        return _retry_after(lower["retry-after"], now)
+        seconds = _retry_after(lower["retry-after"], now)
+        return None if seconds is None else (seconds, "retry-after")
     return None
 
 
@@ -107,14 +108,16 @@ def _reset_seconds(text: str, now: float) -> float | None:
     return seconds
 
 
-def _exhausted_resets(lower: Mapping[str, str], now: float) -> list[float | None]:
-    """The reset of every limit whose remaining count is 0."""
-    resets: list[float | None] = []
+def _exhausted_resets(lower: Mapping[str, str], now: float) -> list[tuple[float, str]]:
+    """The reset of every limit whose remaining count is 0, with the reset header's name."""
+    resets: list[tuple[float, str]] = []
     for remaining_name, reset_name in _RESET_PAIRS:
         remaining = _int(lower.get(remaining_name))
         reset = lower.get(reset_name)
         if remaining == 0 and reset is not None:
-            resets.append(_reset_seconds(reset, now))
+            seconds = _reset_seconds(reset, now)
+            if seconds is not None:
+                resets.append((seconds, reset_name))
     return resets
 
 
@@ -122,20 +125,27 @@ def _sensible(wait: float | None) -> bool:
     return wait is not None and 0.0 <= wait <= MAX_SENSIBLE_WAIT
 
 
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds the headers ask us to wait, or None if they say nothing usable.
+def parse_wait(headers: Mapping[str, str], now: float | None = None) -> tuple[float, str] | None:
+    """Seconds the headers ask us to wait and the header that said so, or None.
 
-    ``retry-after(-ms)`` wins when present; else the longest reset of an exhausted limit.
-    ``now`` (unix seconds) is only used for an HTTP-date ``retry-after``. Negative, infinite or
-    absurd (more than a day) values are ignored.
+    ``retry-after(-ms)`` wins when present; else the longest reset of an exhausted limit
+    (its cause names the reset header, e.g. ``x-ratelimit-reset-requests``). ``now`` (unix
+    seconds) is only used for an HTTP-date ``retry-after`` and epoch resets. Negative,
+    infinite or absurd (more than a day) values are ignored.
     """
     lower = {key.lower(): value for key, value in headers.items()}
     now = time.time() if now is None else now
     explicit = _explicit(lower, now)
-    if explicit is not None and _sensible(explicit):
+    if explicit is not None and _sensible(explicit[0]):
         return explicit
-    resets = [w for w in _exhausted_resets(lower, now) if w is not None and _sensible(w)]
+    resets = [r for r in _exhausted_resets(lower, now) if _sensible(r[0])]
     return max(resets) if resets else None
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the headers ask us to wait (``parse_wait`` without the cause)."""
+    wait = parse_wait(headers, now)
+    return None if wait is None else wait[0]
 
 
 def _int(text: str | None) -> int | None:

@@ -18,7 +18,9 @@ from imagestudio.jobs.intake import IntakeLimits
 from imagestudio.jobs.service import JobService
 from imagestudio.observability.metrics import Metrics
 from imagestudio.policy.governor import GovernorParams
+from imagestudio.policy.quota import Quota
 from imagestudio.policy.retry import RetryPolicy
+from imagestudio.runtime.memory import cap_malloc_arenas, release_freed_memory
 from imagestudio.scheduler.probe import NO_PROBE, Probe
 from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
 from imagestudio.scheduler.worker import Worker, WorkerConfig
@@ -54,6 +56,7 @@ class Services:
         s = self.settings
         config = WorkerConfig(
             concurrency=concurrency,
+            max_tasks=s.worker_max_tasks,
             lease_seconds=s.lease_seconds,
             poll_interval=s.poll_interval,
             heartbeat_interval=min(2.0, s.lease_seconds / 3),
@@ -97,6 +100,7 @@ async def open_services(
     """Everything a process needs, closed in order when the block ends. ``probe`` sees the
     workers' steps and governor moves (benchmarks, tests); ``resolver`` answers every DNS
     lookup of the submission check and of the guarded path (tests make names rebind)."""
+    cap_malloc_arenas()  # before the threads (SQLite's, the executor's) take arenas of their own
     url = settings.effective_database_url
     if migrate:
         await migrate_async(url)
@@ -148,10 +152,15 @@ async def open_services(
         store,
         storage,
         box,
-        limits=IntakeLimits(max_images=settings.max_images_per_job),
+        limits=IntakeLimits(
+            max_images=settings.max_images_per_job, max_prompt_chars=settings.max_prompt_chars
+        ),
+        quota=Quota(max_jobs=settings.max_jobs_in_flight, max_images=settings.max_images_in_flight),
+        quota_retry_after=settings.quota_retry_after_seconds,
         allow_list=settings.private_allow_list(),
         resolver=resolver,
         on_new_work=wakeup.set,
+        release_memory=release_freed_memory,
     )
     try:
         await imaging.start()

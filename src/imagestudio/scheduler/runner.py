@@ -30,7 +30,7 @@ from imagestudio.imaging.fetch import SourceFetcher
 from imagestudio.imaging.pool import ImagingExecutor, ThreadImaging
 from imagestudio.imaging.process import postprocess, prepare_source
 from imagestudio.observability.metrics import Metrics
-from imagestudio.policy.governor import Observation
+from imagestudio.policy.governor import Observation, long_cooldown
 from imagestudio.policy.retry import (
     AttemptState,
     FailImage,
@@ -48,6 +48,7 @@ from imagestudio.providers.base import (
     ProviderConfig,
 )
 from imagestudio.providers.registry import make_provider, provider_size
+from imagestudio.scheduler.calls import CallLog
 from imagestudio.scheduler.probe import NO_PROBE, Probe, Stage, timed
 from imagestudio.security.crypto import SecretBox
 from imagestudio.security.http import Outbound
@@ -63,8 +64,14 @@ EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def governor_observation(error: ProviderError, sent_at: float, now: float) -> Observation | None:
-    """What a failed call tells the governor: a 429, back-pressure, or nothing about load."""
+def governor_observation(
+    error: ProviderError,
+    sent_at: float,
+    now: float,
+    started: tuple[int, tuple[int, ...]] | None = None,
+) -> Observation | None:
+    """What a failed call tells the governor: a 429, back-pressure, or nothing about load.
+    ``started``: the calls in flight and the starts per window when it started (CallLog)."""
     if isinstance(error, RateLimited):
         return Observation(
             "rate_limited",
@@ -73,6 +80,9 @@ def governor_observation(error: ProviderError, sent_at: float, now: float) -> Ob
             retry_after=error.retry_after,
             rate=error.rate,
             limit=error.limit,
+            wait_cause=error.wait_cause,
+            started_with=None if started is None else started[0],
+            starts=None if started is None else started[1],
         )
     if isinstance(error, ProviderUnavailable | ProviderTimeout):
         return Observation("backpressure", sent_at, now)
@@ -121,10 +131,12 @@ def _nothing() -> None:
 
 @dataclass(frozen=True, slots=True)
 class RunHooks:
-    """What the runner tells its worker: ``call_done`` when the provider call ended (a slot
-    in the provider's window is free), ``recording`` right before the outcome is written (the
-    lease ends by design from then on: a heartbeat must not take it for a lost one)."""
+    """What the runner tells its worker: ``call_started`` when the provider call begins (the
+    task waits on the provider from then on), ``call_done`` when it ended (a slot in the
+    provider's window is free), ``recording`` right before the outcome is written (the lease
+    ends by design from then on: a heartbeat must not take it for a lost one)."""
 
+    call_started: Callable[[], None] = _nothing
     call_done: Callable[[], None] = _nothing
     recording: Callable[[], None] = _nothing
 
@@ -218,6 +230,18 @@ class ProviderPool:
             await provider.aclose()
 
 
+MAX_REPORTED = 256
+
+
+def _origin(exc: BaseException) -> tuple[str, str]:
+    """An exception's type and the place it was raised (its innermost frame)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    place = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+    return type(exc).__name__, place
+
+
 class TaskRunner:
     def __init__(
         self,
@@ -237,6 +261,8 @@ class TaskRunner:
         self.imaging = imaging or ThreadImaging()  # where decode/resize/encode run
         self.rng = rng or random.Random()
         self.probe = probe
+        self._reported: set[tuple[str, str]] = set()  # unexpected errors' (type, place) seen
+        self.calls = CallLog()  # this process's calls per key, for the governor's evidence
 
     async def run(self, task: ClaimedTask, hooks: RunHooks | None = None) -> None:
         """Run one claimed task to a recorded outcome (see ``RunHooks`` for what the worker
@@ -248,7 +274,7 @@ class TaskRunner:
         bound.info(f"Processing image {task.position + 1}/{task.job.total}")
         outcome: Outcome
         try:
-            outcome = await self._attempt(task, hooks.call_done)
+            outcome = await self._attempt(task, hooks)
         except LeaseLost:
             bound.info("task no longer held (cancelled or taken over); stopped")
             return
@@ -266,16 +292,18 @@ class TaskRunner:
                 await self.storage.delete(outcome.result_key)
             return
         self.metrics.images_finished.labels(type(outcome).__name__.lower()).inc()
-        bound.info(
+        report = bound.warning if isinstance(outcome, Failed) else bound.info
+        report(
             "image finished",
             outcome=type(outcome).__name__.lower(),
+            error_kind=getattr(outcome, "error_kind", None),
             error=getattr(outcome, "error", None),
             job_status=status,
         )
         if status in TERMINAL_JOB_STATUSES:
             await sweep(self.storage, f"{task.job_pk}/", await self.store.result_keys(task.job_pk))
 
-    async def _attempt(self, task: ClaimedTask, on_call_done: Callable[[], None]) -> Succeeded:
+    async def _attempt(self, task: ClaimedTask, hooks: RunHooks) -> Succeeded:
         if task.attempts > self.config.policy.max_attempts:
             raise ImageStudioError(f"worker lost {task.attempts - 1} times while running it")
         job = task.job
@@ -295,10 +323,11 @@ class TaskRunner:
                 held = await self.store.still_held(task)
             if not held:  # cancelled while the source was fetched
                 raise LeaseLost("the task was cancelled or taken over before the provider call")
+            hooks.call_started()
             try:
                 raw = await self._call(task, provider, request)
             finally:
-                on_call_done()
+                hooks.call_done()
         data = await self.imaging.run(
             postprocess, raw, job.output, max_pixels=self.config.max_pixels
         )
@@ -313,18 +342,34 @@ class TaskRunner:
         self, task: ClaimedTask, provider: ImageProvider, request: ImageRequest
     ) -> bytes:
         """One provider call; what it tells about the provider's limits goes to its governor."""
+        key = task.job.provider_key
+        started = self.calls.start(key)
         sent_at = time.time()
         try:
             with timed(self.probe, Stage.PROVIDER_CALL):
                 result = await provider.generate(request)
         except ProviderError as exc:
+            self.calls.end(key)
             self.metrics.provider_calls.labels(error_kind(exc)).inc()
-            await self._end_call(task, sent_at, governor_observation(exc, sent_at, time.time()))
+            observed = governor_observation(exc, sent_at, time.time(), started)
+            await self._end_call(task, sent_at, observed)
             raise
+        except BaseException:
+            self.calls.end(key)
+            raise
+        self.calls.end(key)
         now = time.time()
         self.metrics.provider_calls.labels("ok").inc()
         self.metrics.provider_latency.observe(now - sent_at)
-        observation = Observation("ok", sent_at, now, latency=now - sent_at, rate=result.rate)
+        observation = Observation(
+            "ok",
+            sent_at,
+            now,
+            latency=now - sent_at,
+            rate=result.rate,
+            started_with=started[0],
+            starts=started[1],
+        )
         await self._end_call(task, sent_at, observation)
         return result.data
 
@@ -339,8 +384,17 @@ class TaskRunner:
         except Exception:  # the governor learns from the next call; the image goes on
             log.exception("recording the call's end failed", job_id=task.job.job_id)
             return
-        if observation is not None and state is not None:
-            self.probe.governor(task, observation, state)
+        if observation is None or state is None:
+            return
+        self.probe.governor(task, observation, state)
+        wait = long_cooldown(state, observation)
+        if wait is not None:
+            log.warning(
+                "provider key cooling down",
+                job_id=task.job.job_id,
+                seconds=round(wait, 1),
+                cause=state.cooldown_cause,
+            )
 
     def _decide(self, task: ClaimedTask, exc: BaseException) -> Outcome:
         now = self.store.clock()
@@ -352,7 +406,7 @@ class TaskRunner:
         )
         decision = decide(exc, state, self.config.policy, now=now, rng=self.rng)
         if not isinstance(exc, ImageStudioError):
-            log.exception("unexpected error in task", job_id=task.job.job_id, exc_info=exc)
+            self._report_unexpected(task, exc)
         if isinstance(decision, FailJob):
             return Failed(error=decision.reason, error_kind=error_kind(exc), fail_job=True)
         if isinstance(decision, FailImage):
@@ -364,6 +418,22 @@ class TaskRunner:
             wait_seconds=decision.delay,
             consumes_attempt=decision.consumes_attempt,
             billed_timeout=decision.billed_timeout,
+        )
+
+    def _report_unexpected(self, task: ClaimedTask, exc: BaseException) -> None:
+        """An error outside our tree is a bug: its traceback is logged the first time it is
+        raised from a place, later ones get one line (a broken deployment failing every
+        image would otherwise log one traceback per image)."""
+        origin = _origin(exc)
+        first = origin not in self._reported
+        if first and len(self._reported) < MAX_REPORTED:
+            self._reported.add(origin)
+        log.error(
+            "unexpected error in task" + ("" if first else " (traceback logged before)"),
+            job_id=task.job.job_id,
+            error_kind=type(exc).__name__,
+            cause=str(exc)[:300],
+            exc_info=exc if first else None,
         )
 
     async def _remove_older(self, task: ClaimedTask) -> None:

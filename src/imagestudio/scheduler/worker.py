@@ -1,8 +1,15 @@
 """The worker loop: claim while slots are free, keep leases alive, drain on stop.
 
-A worker holds at most ``concurrency`` tasks. Every ``heartbeat_interval`` it extends the
-leases it still holds; a task whose lease it no longer holds (taken over after a stall, or
-cancelled) has its coroutine cancelled, so a cancelled job stops calling the provider.
+A task waiting on the provider costs a coroutine, not a thread: how many provider calls a
+worker has in flight follows the governors (the claim admits a key's tasks only within its
+window and pace), up to ``max_tasks`` in all, a safety cap for memory (docs/governor.md). The
+rest of a task's life, fetching and preparing the source before the call and post-processing
+and storing after it, is CPU and memory work: at most ``concurrency`` tasks are outside a
+provider call at once (and post-processing is bounded again by the imaging pool).
+
+Every ``heartbeat_interval`` the worker extends the leases it still holds; a task whose lease
+it no longer holds (taken over after a stall, or cancelled) has its coroutine cancelled, so
+a cancelled job stops calling the provider.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ class Running:
     task: ClaimedTask
     runner: asyncio.Task[None] | None = None
     recording: bool = False
+    in_call: bool = False
 
     def mark_recording(self) -> None:
         self.recording = True
@@ -48,9 +56,19 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+MAX_TASKS = 512  # tasks one worker holds at most, most of them waiting on a provider
+
+
+def free_slots(*, held: int, in_call: int, concurrency: int, max_tasks: int) -> int:
+    """How many tasks a worker may claim (pure): up to ``concurrency`` outside a provider
+    call (the calls themselves are bounded by the governors), ``max_tasks`` in all."""
+    return max(0, min(max_tasks - held, concurrency - (held - in_call)))
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    concurrency: int = 8
+    concurrency: int = 8  # tasks outside a provider call (fetch, prepare, post-process, store)
+    max_tasks: int = MAX_TASKS  # tasks in all, provider calls included
     lease_seconds: float = 30.0
     poll_interval: float = 0.5
     heartbeat_interval: float = 2.0
@@ -75,6 +93,8 @@ class Worker:
         # Keyed by (image id, fence): after a stall this worker may hold a newer attempt of
         # an image beside its own older, superseded one.
         self._inflight: dict[tuple[int, int], Running] = {}
+        self._in_call = 0  # of them, tasks in their provider call
+        self.peak_in_call = 0
         self._slot_freed = asyncio.Event()
 
     @property
@@ -84,7 +104,12 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then drain: finish in-flight tasks within the grace."""
         heartbeat = asyncio.create_task(self._heartbeat_loop())
-        log.info("worker started", worker=self.id, concurrency=self.config.concurrency)
+        log.info(
+            "worker started",
+            worker=self.id,
+            concurrency=self.config.concurrency,
+            max_tasks=self.config.max_tasks,
+        )
         try:
             while not stop.is_set():
                 _, wake_at = await self._fill()
@@ -120,7 +145,12 @@ class Worker:
         # must wake the next one at once, not wait for another call to end.
         self.wakeup.clear()
         self._slot_freed.clear()
-        free = self.config.concurrency - len(self._inflight)
+        free = free_slots(
+            held=len(self._inflight),
+            in_call=self._in_call,
+            concurrency=self.config.concurrency,
+            max_tasks=self.config.max_tasks,
+        )
         if free <= 0:
             return 0, None
         try:
@@ -138,9 +168,25 @@ class Worker:
             )
         return len(claim.tasks), claim.wake_at
 
+    def _call_started(self, running: Running) -> None:
+        running.in_call = True
+        self._in_call += 1
+        self.peak_in_call = max(self.peak_in_call, self._in_call)
+        self._slot_freed.set()  # a slot outside the provider calls is free
+
+    def _call_done(self, running: Running) -> None:
+        if running.in_call:
+            running.in_call = False
+            self._in_call -= 1
+        self._slot_freed.set()
+
     async def _run_one(self, running: Running) -> None:
         task = running.task
-        hooks = RunHooks(call_done=self._slot_freed.set, recording=running.mark_recording)
+        hooks = RunHooks(
+            call_started=lambda: self._call_started(running),
+            call_done=lambda: self._call_done(running),
+            recording=running.mark_recording,
+        )
         try:
             await self.runner.run(task, hooks)
         except asyncio.CancelledError:
@@ -148,8 +194,8 @@ class Worker:
         except Exception:
             log.exception("task crashed", job_id=task.job.job_id, stem=task.stem)
         finally:
+            self._call_done(running)
             self._inflight.pop((task.image_id, task.fence), None)
-            self._slot_freed.set()
 
     async def _idle(self, stop: asyncio.Event, wake_at: float | None) -> None:
         """Wait for a freed slot, a new job, a held-back task coming due or ``stop``; returns

@@ -23,6 +23,13 @@ MIN_SECRET = 8  # shorter strings would redact ordinary words
 
 _SK_TOKEN = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*.]{4,}")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-~+/=*]+")
+# The userinfo of a URL (``scheme://user:password@``), up to the last ``@`` before the path.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def strip_userinfo(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced (``http://[REDACTED]@host``)."""
+    return _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
 
 
 def forms(secret: str) -> set[str]:
@@ -63,10 +70,11 @@ KNOWN = SecretRegister()
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` without ``secrets`` and the known secrets (in all their forms), ``sk-...``
-    keys and bearer tokens."""
+    keys, bearer tokens and the credentials of URLs."""
     extra = [form for secret in secrets if len(secret) >= MIN_SECRET for form in forms(secret)]
     for form in sorted(extra, key=len, reverse=True) + list(KNOWN.forms):
         if form in text:
             text = text.replace(form, REDACTED)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+    text = strip_userinfo(text)
     return _SK_TOKEN.sub("sk-" + REDACTED, text)

@@ -12,7 +12,7 @@ Functions take a connection; the ``Store`` facade chooses the engine and the tra
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imagestudio.domain import TERMINAL_JOB_STATUSES, ImageStatus, JobSpec, JobStatus
 from imagestudio.errors import JobConflict, JobNotFound
-from imagestudio.policy.rollup import rollup_status
+from imagestudio.policy.rollup import failed_job_error, rollup_status
 from imagestudio.store import bulk, counts, governors
 from imagestudio.store.records import (
     AttemptRecord,
@@ -33,7 +33,13 @@ from imagestudio.store.records import (
     SubmitResult,
 )
 from imagestudio.store.rows import attempt_record, image_record, job_record
-from imagestudio.store.tables import ai_job, ai_job_attempt, ai_job_image, ai_job_secret
+from imagestudio.store.tables import (
+    ai_job,
+    ai_job_attempt,
+    ai_job_image,
+    ai_job_prompt,
+    ai_job_secret,
+)
 
 QUEUED = ImageStatus.QUEUED.value
 
@@ -185,14 +191,25 @@ async def list_jobs(
     return [job_record(r) for r in (await conn.execute(query)).all()]
 
 
+def _with_prompts() -> Any:
+    """Image rows with their prompt's text as ``prompt``."""
+    img, text = ai_job_image, ai_job_prompt
+    joined = img.join(text, and_(text.c.job_pk == img.c.job_pk, text.c.idx == img.c.prompt_idx))
+    return select(img, text.c.text.label("prompt")).select_from(joined)
+
+
 async def images(conn: AsyncConnection, job_pk: str) -> list[ImageRecord]:
     """Every image of the job in payload order (tests, small jobs; the API pages)."""
-    query = (
-        select(ai_job_image)
-        .where(ai_job_image.c.job_pk == job_pk)
-        .order_by(ai_job_image.c.position)
-    )
+    img = ai_job_image
+    query = _with_prompts().where(img.c.job_pk == job_pk).order_by(img.c.position)
     return [image_record(r) for r in (await conn.execute(query)).all()]
+
+
+async def prompts(conn: AsyncConnection, job_pks: Iterable[str]) -> dict[tuple[str, int], str]:
+    """The prompts of these jobs by ``(job_pk, idx)``."""
+    text = ai_job_prompt
+    rows = await conn.execute(select(text).where(text.c.job_pk.in_(sorted(set(job_pks)))))
+    return {(str(r.job_pk), int(r.idx)): str(r.text) for r in rows.all()}
 
 
 async def image_page(
@@ -203,7 +220,7 @@ async def image_page(
     offset."""
     img = ai_job_image
     query = (
-        select(img)
+        _with_prompts()
         .where(img.c.job_pk == job.id, img.c.position >= offset, img.c.position < offset + limit)
         .order_by(img.c.position)
     )
@@ -285,6 +302,8 @@ async def rollup(
     job_pk: str,
     now: datetime,
     moved: Mapping[str, int] | None = None,
+    *,
+    last_error: str | None = None,
     **changes: Any,
 ) -> str:
     """Roll the job up after a change to its images, in one UPDATE of its row.
@@ -293,6 +312,8 @@ async def rollup(
     shifts the counts (``store.counts``) in the same UPDATE, and the status comes from the
     counts after it (``policy.rollup``). ``changes`` are other columns to set with it
     (``cancel_requested``, ``error``). The ordered result URLs are rebuilt when ``urls_due``.
+    ``last_error`` is the error of the image that just failed: a job that ends ``failed``
+    without a job-level error gets one from it (``policy.rollup.failed_job_error``).
     A job that ends has its sealed key erased. Returns the new status.
 
     One UPDATE, not one per concern: on SQLite every UPDATE of a row rewrites the whole row,
@@ -310,11 +331,16 @@ async def rollup(
         started=job.status != JobStatus.QUEUED.value,
     )
     ended = status in TERMINAL_JOB_STATUSES
-    values: dict[str, Any] = changes | {
-        "status": status.value,
-        "updated_at": now,
-        "finished_at": now if ended else None,
-    }
+    summary = failed_job_error(status, after, last_error) if job.error is None else None
+    values: dict[str, Any] = (
+        ({"error": summary} if summary else {})
+        | changes
+        | {
+            "status": status.value,
+            "updated_at": now,
+            "finished_at": now if ended else None,
+        }
+    )
     for image_status, delta in moved.items():
         column = counts.COLUMNS[image_status]
         values[column] = getattr(ai_job.c, column) + delta
@@ -337,6 +363,7 @@ def _rollup_row(job_pk: str) -> Any:
         *(getattr(ai_job.c, column) for column in counts.COLUMNS.values()),
         ai_job.c.cancel_requested,
         ai_job.c.status,
+        ai_job.c.error,
         ai_job.c.total,
         ai_job.c.urls_refreshed_at,
     ).where(ai_job.c.id == job_pk)

@@ -107,6 +107,8 @@ async def finish(
         stopped = await _fail_queued(conn, task.job_pk, outcome, now)
         moved = {RUNNING: -1, QUEUED: -stopped, FAILED: 1 + stopped}
         changes["error"] = outcome.error
+    elif isinstance(outcome, Failed):
+        changes["last_error"] = outcome.error
     status = await jobs.rollup(conn, task.job_pk, now, moved, **changes)
     await outbox.append(conn, now, [(task.job_pk, "image", _event_data(task, outcome, status))])
     return status

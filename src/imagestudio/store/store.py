@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagestudio.domain import JobSpec
 from imagestudio.policy.governor import GovernorParams, GovernorState, Observation
-from imagestudio.store import actions, governors, jobs, outcomes, queue
+from imagestudio.policy.quota import InFlight
+from imagestudio.store import actions, governors, jobs, outcomes, ownership, queue, quota
 from imagestudio.store.governors import Pin, provider_key
 from imagestudio.store.outbox import EventOutbox
 from imagestudio.store.records import (
@@ -123,6 +124,16 @@ class Store:
         """Images by position from ``offset``, at most ``limit`` (O(limit) at any offset)."""
         async with self.reader.connect() as conn:
             return await jobs.image_page(conn, job, offset=offset, limit=limit)
+
+    async def in_flight(self, user_id: str) -> InFlight:
+        """The user's jobs not ended and their images queued or running (admission)."""
+        async with self.reader.connect() as conn:
+            return await quota.in_flight(conn, user_id)
+
+    async def job_owner(self, job_pk: str) -> str | None:
+        """The user whose job has the primary key ``job_pk`` (None: no such job)."""
+        async with self.reader.connect() as conn:
+            return await ownership.job_owner(conn, job_pk)
 
     async def attempt_page(
         self, job_pk: str, *, after: tuple[datetime, int] | None, limit: int

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, assert_never
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from imagestudio.api.deps import ServicesDep
+from imagestudio.api.deps import ServicesDep, SignerDep, get_user
 from imagestudio.errors import StorageError
 from imagestudio.storage import LocalFile, Redirect, ResultStorage, Served
 
@@ -25,7 +26,29 @@ def get_storage(services: ServicesDep) -> ResultStorage:
 StorageDep = Annotated[ResultStorage, Depends(get_storage)]
 
 
-@router.get("/files/{key:path}")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
+
+
+async def require_file_access(
+    services: ServicesDep,
+    signer: SignerDep,
+    credentials: Credentials,
+    key: str,
+    expires: Annotated[str | None, Query(max_length=20)] = None,
+    signature: Annotated[str | None, Query(max_length=64)] = None,
+) -> None:
+    """Local mode: open. With API tokens: a URL signed by the answers (``security.signing``),
+    or the bearer token of the user whose job made the file; another user's file is a 404
+    (as their job is)."""
+    if signer is None or signer.verify(key, expires, signature):
+        return
+    user = get_user(services, credentials)  # 401 without a known token
+    owner = await services.store.job_owner(key.split("/", 1)[0])
+    if owner is None or owner != user:
+        raise HTTPException(404, "no such file")
+
+
+@router.get("/files/{key:path}", dependencies=[Depends(require_file_access)])
 async def result_file(storage: StorageDep, key: str) -> Response:
     try:
         served = await storage.serve(key)

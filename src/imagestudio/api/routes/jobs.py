@@ -6,11 +6,20 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    status,
+)
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
-from imagestudio.api.deps import ServicesDep, StoreDep, UserDep
+from imagestudio.api.deps import ServicesDep, SignerDep, StoreDep, UserDep
 from imagestudio.api.schemas import (
     CURSOR_PATTERN,
     ImagePage,
@@ -20,13 +29,18 @@ from imagestudio.api.schemas import (
     image_page_out,
     job_out,
     job_summary,
+    last_event_id,
     parse_timeline_cursor,
     timeline_cursor,
 )
+from imagestudio.api.signed import signed_event, signed_job, signed_page
 from imagestudio.domain import API_PREFIX, TERMINAL_JOB_STATUSES
 from imagestudio.store.records import JobRecord
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+MAX_OFFSET = 10**9  # past any list; offset + a page stays in int32 (the position column)
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
 # The body is read as bytes and parsed inside intake's thread, so the payload's objects (tens
@@ -43,12 +57,16 @@ _JSON_BODY = {
     "", status_code=status.HTTP_201_CREATED, response_model=JobOut, openapi_extra=_JSON_BODY
 )
 async def post_job(
-    services: ServicesDep, user: UserDep, request: Request, response: Response
+    services: ServicesDep,
+    user: UserDep,
+    signer: SignerDep,
+    request: Request,
+    response: Response,
 ) -> JobOut:
     submitted = await services.jobs.submit(await request.body(), user)
     if not submitted.created:
         response.status_code = status.HTTP_200_OK
-    return job_out(submitted.progress)
+    return signed_job(job_out(submitted.progress), signer)
 
 
 @router.get("", response_model=dict[str, list[JobSummary]])
@@ -56,17 +74,17 @@ async def list_jobs(
     store: StoreDep,
     user: UserDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, list[JobSummary]]:
     jobs = await store.list_jobs(user, limit=limit, offset=offset)
     return {"jobs": [job_summary(j) for j in jobs]}
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job(store: StoreDep, user: UserDep, job_id: str) -> JobOut:
+async def get_job(store: StoreDep, user: UserDep, signer: SignerDep, job_id: str) -> JobOut:
     progress = await store.progress(user, job_id)
     views = await store.governor_states([progress.job.provider_key])
-    return job_out(progress, views[0] if views else None)
+    return signed_job(job_out(progress, views[0] if views else None), signer)
 
 
 DEFAULT_PAGE, MAX_PAGE = 500, 5000
@@ -85,12 +103,13 @@ LightJobDep = Annotated[JobRecord, Depends(_light_job)]
 async def get_images(
     store: StoreDep,
     job: LightJobDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    signer: SignerDep,
+    offset: Offset = 0,
     limit: PageLimit = DEFAULT_PAGE,
 ) -> ImagePage:
     """Images by position, ``limit`` from ``offset`` (the position of the first)."""
     page = await store.image_page(job, offset=offset, limit=limit)
-    return image_page_out(page, f"{API_PREFIX}/jobs/{job.job_id}/images")
+    return signed_page(image_page_out(page, f"{API_PREFIX}/jobs/{job.job_id}/images"), signer)
 
 
 @router.get("/{job_id}/timeline", response_model=dict[str, Any])
@@ -102,6 +121,18 @@ async def get_timeline(
 ) -> dict[str, Any]:
     """Attempts by start, ``limit`` after ``cursor`` (the last page's ``next_cursor``)."""
     after = parse_timeline_cursor(cursor) if cursor else None
+    if cursor and after is None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [
+                {
+                    "loc": ["query", "cursor"],
+                    "field": "query.cursor",
+                    "msg": "the cursor's time is out of range",
+                    "type": "value_error",
+                }
+            ],
+        )
     found = await store.attempt_page(job.id, after=after, limit=limit)
     following = timeline_cursor(found[-1]) if len(found) == limit else None
     base = f"{API_PREFIX}/jobs/{job.job_id}/timeline"
@@ -116,9 +147,11 @@ async def get_timeline(
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
-async def cancel_job(services: ServicesDep, user: UserDep, job_id: str) -> JobOut:
+async def cancel_job(
+    services: ServicesDep, user: UserDep, signer: SignerDep, job_id: str
+) -> JobOut:
     """Queued images end ``cancelled`` now; running calls are aborted within seconds."""
-    return job_out(await services.jobs.cancel(user, job_id))
+    return signed_job(job_out(await services.jobs.cancel(user, job_id)), signer)
 
 
 class RetryBody(BaseModel):
@@ -132,11 +165,15 @@ class RetryOut(BaseModel):
 
 @router.post("/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=RetryOut)
 async def retry_job(
-    services: ServicesDep, user: UserDep, job_id: str, body: RetryBody | None = None
+    services: ServicesDep,
+    user: UserDep,
+    signer: SignerDep,
+    job_id: str,
+    body: RetryBody | None = None,
 ) -> RetryOut:
     """Queue the failed images again (fresh attempts); succeeded ones are not redone."""
     retried = await services.jobs.retry(user, job_id, body.api_key if body else None)
-    return RetryOut(requeued=retried.requeued, job=job_out(retried.progress))
+    return RetryOut(requeued=retried.requeued, job=signed_job(job_out(retried.progress), signer))
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse)
@@ -144,9 +181,10 @@ async def job_events(
     request: Request,
     services: ServicesDep,
     user: UserDep,
+    signer: SignerDep,
     job: LightJobDep,
     job_id: str,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Progress as Server-Sent Events; reconnecting with ``Last-Event-ID`` resumes after it.
 
@@ -154,13 +192,15 @@ async def job_events(
     (``image``, ``job``); the stream ends with ``end`` once the job has ended.
     """
     store, outbox = services.store, services.store.outbox
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    yield ServerSentEvent(event="snapshot", data=job_out(await store.progress(user, job_id)))
+    after = last_event_id(last_event_header)
+    snapshot = signed_job(job_out(await store.progress(user, job_id)), signer)
+    yield ServerSentEvent(event="snapshot", data=snapshot)
     while not await request.is_disconnected():
         events = await outbox.events_after(job.id, after)
         for event in events:
             after = event.id
-            yield ServerSentEvent(id=str(event.id), event=event.type, data=event.data)
+            data = signed_event(event.data, signer)
+            yield ServerSentEvent(id=str(event.id), event=event.type, data=data)
         if not events:
             current = await store.get_job(user, job_id, urls=False)
             # An ended job's last events may still wait behind an older open transaction.
