@@ -13,6 +13,8 @@ Suites, in order (``--only`` / ``--skip`` pick them):
 - ``chaos``: workers killed and PostgreSQL restarted mid-run (``bench/chaos.py``,
   ``bench/out/chaos.md``; it restarts the local PostgreSQL cluster unless
   ``IMAGESTUDIO_CHAOS_PG_RESTART=0``);
+- ``outbound``: hostile answers on the guarded outbound path, RSS growth and time
+  (``bench/outbound_memory.py``, ``bench/out/outbound_memory.md``);
 - ``scale``: throughput, claim latency, intake and worker processes as the queue and the job
   grow to 100,000 images (``bench/scale/``, ``bench/out/scale.md``; about 25 minutes);
 - ``s3_clients``: aiobotocore against obstore, 100 puts of 1536 px PNGs into moto's S3
@@ -39,7 +41,17 @@ from bench import demo_time, overhead
 from imagestudio.observability.logs import configure_logging
 
 OUT = Path(__file__).resolve().parent / "out" / "overhead.md"
-SUITES = ("overhead", "demo", "imaging", "governor", "chaos", "scale", "s3_clients", "dashboard")
+SUITES = (
+    "overhead",
+    "demo",
+    "imaging",
+    "governor",
+    "chaos",
+    "outbound",
+    "scale",
+    "s3_clients",
+    "dashboard",
+)
 
 
 def _suites(text: str) -> list[str]:
@@ -119,12 +131,13 @@ def main() -> int:
         except Exception:
             traceback.print_exc()
             failed.append("overhead/demo")
-    for name in ("imaging", "governor", "chaos", "scale", "s3_clients", "dashboard"):
+    modules = {"outbound": "outbound_memory"}
+    for name in ("imaging", "governor", "chaos", "outbound", "scale", "s3_clients", "dashboard"):
         if name not in chosen:
             continue
         print(f"\n== {name}", flush=True)
         try:
-            if not run_module(name):
+            if not run_module(modules.get(name, name)):
                 failed.append(name)
         except Exception:
             traceback.print_exc()

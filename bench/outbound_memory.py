@@ -1,7 +1,8 @@
 """Memory and time of hostile answers on the guarded outbound path (``security.http``).
 
-``python -m bench.outbound_memory`` (``--json`` for the raw figures; ``--compare`` adds the
-SDK's own client, as the adapters used before the guarded path, on the same 300 MB answer).
+``python -m bench.outbound_memory`` (``python -m bench --only outbound``; ``--json`` for the
+raw figures; ``--no-compare`` leaves out the SDK's own client, as the adapters used before
+the guarded path, on the same 300 MB answer: it costs about 800 MB).
 A fake provider runs as a subprocess (``imagestudio fake-provider``; it streams its padded
 answers, so it holds 64 KB of them) and a streaming server runs here for sources and result
 URLs. Each case runs in a fresh child process (so no case reuses memory another freed),
@@ -206,7 +207,7 @@ def report(figures: list[Figure]) -> str:
     lines = [
         "# Hostile answers on the guarded outbound path",
         "",
-        f"`python -m bench.outbound_memory --compare`, {os.cpu_count()} cores. Growth: the peak "
+        f"`python -m bench.outbound_memory`, {os.cpu_count()} cores. Growth: the peak "
         "RSS of the process during the case over its RSS when the case began.",
         "",
         "| case | RSS growth | time | outcome |",
@@ -217,14 +218,16 @@ def report(figures: list[Figure]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.outbound_memory")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--compare", action="store_true", help="also the SDK's own client")
+    parser.add_argument(
+        "--no-compare", dest="compare", action="store_false", help="not the SDK's own client"
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--fake", help=argparse.SUPPRESS)
     parser.add_argument("--server", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child is not None:
         print(json.dumps(asdict(asyncio.run(child(args.child, args.fake, args.server)))))
         return

@@ -14,11 +14,13 @@ from types import TracebackType
 
 
 class Canary:
-    """``with Canary("127.0.0.1") as canary: ...; assert canary.connections == 0``."""
+    """``with Canary("127.0.0.1") as canary: ...; assert canary.connections == 0`` (IPv6
+    hosts such as ``::1`` too)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self._sock.listen(64)
@@ -32,7 +34,8 @@ class Canary:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def reset(self) -> None:
         with self._lock:

@@ -518,6 +518,42 @@ async def test_an_oversized_answer_pads_the_image(start_fake: StartFake) -> None
     data = base64.b64decode(response.json()["data"][0]["b64_json"])
     assert data.startswith(b"\x89PNG")
     assert len(data) >= 1.5 * 1024 * 1024
+    assert response.headers["content-length"] == str(len(response.content))
+
+
+async def test_an_oversized_answer_may_come_chunked(start_fake: StartFake) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        chunked = await generate(client, "[[big:1:chunked]]")
+    assert "content-length" not in chunked.headers
+    assert chunked.headers["transfer-encoding"] == "chunked"
+    padded = base64.b64decode(chunked.json()["data"][0]["b64_json"])
+    assert padded.startswith(b"\x89PNG")
+    assert len(padded) >= 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("trigger", "url"),
+    [
+        ("[[url:at:127.0.0.9:19100]]", "http://127.0.0.9:19100/image.png"),
+        ("[[url:at:localhost:8080:x/y.png]]", "http://localhost:8080/x/y.png"),
+    ],
+)
+async def test_a_url_answer_may_point_anywhere(
+    start_fake: StartFake, trigger: str, url: str
+) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        response = await generate(client, trigger)
+    assert response.json()["data"] == [{"url": url}]
+
+
+@pytest.mark.parametrize("trigger", ["[[url:at]]", "[[url:at:host:port]]"])
+async def test_a_url_fault_without_host_and_port_is_a_400(
+    start_fake: StartFake, trigger: str
+) -> None:
+    async with httpx.AsyncClient(base_url=start_fake(), headers=AUTH) as client:
+        response = await generate(client, trigger)
+    assert response.status_code == 400
+    assert "at:HOST:PORT[:PATH]" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

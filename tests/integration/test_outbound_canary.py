@@ -43,6 +43,11 @@ class Rig:
     hops: BackgroundServer  # 127.0.0.2:H, allow-listed: redirects on demand
     canary: Canary  # 127.0.0.1:F
     canary2: Canary  # 127.0.0.2:Q, not allow-listed (only F and H are)
+    canary6: Canary  # [::1]:S, IPv6 loopback
+
+    @property
+    def canaries(self) -> tuple[Canary, ...]:
+        return (self.canary, self.canary2, self.canary6)
 
     @property
     def allow_list(self) -> list[str]:
@@ -70,6 +75,7 @@ def rig() -> Iterator[Rig]:
         BackgroundServer(_hops_app(targets), host="127.0.0.2") as hops,
         Canary("127.0.0.1", port) as canary,
         Canary("127.0.0.2") as canary2,
+        Canary("::1") as canary6,
     ):
         targets.update(
             canary=f"{canary.url}/x.png",
@@ -77,8 +83,9 @@ def rig() -> Iterator[Rig]:
             localhost=f"http://localhost:{port}/x.png",
             rebind=f"http://{REBIND}:{port}/x.png",
             loop=f"{hops.url}/302/loop",
+            v6=f"{canary6.url}/x.png",
         )
-        yield Rig(fake, hops, canary, canary2)
+        yield Rig(fake, hops, canary, canary2, canary6)
 
 
 @pytest.fixture
@@ -88,13 +95,13 @@ def resolver() -> ScriptedResolver:
 
 @pytest.fixture
 async def outbound(rig: Rig, resolver: ScriptedResolver) -> AsyncIterator[Outbound]:
-    rig.canary.reset()
-    rig.canary2.reset()
+    for canary in rig.canaries:
+        canary.reset()
     guarded = Outbound(OutboundPolicy.of(rig.allow_list, resolver), deadline=10.0)
     yield guarded
     await guarded.aclose()
     # The suite's one claim, checked after every case.
-    assert (rig.canary.connections, rig.canary2.connections) == (0, 0), rig.canary.received
+    assert [c.connections for c in rig.canaries] == [0, 0, 0], [c.received for c in rig.canaries]
 
 
 # ---------------------------------------------------------------------------- sources
@@ -113,6 +120,8 @@ def _source_cases(rig: Rig) -> dict[str, str]:
         "302 to the canary": rig.hop(302, "canary"),
         "301 to the other port": rig.hop(301, "canary2"),
         "307 to localhost": rig.hop(307, "localhost"),
+        "IPv6 loopback": f"{rig.canary6.url}/x.png",
+        "302 to IPv6 loopback": rig.hop(302, "v6"),
     }
 
 
@@ -127,6 +136,8 @@ SOURCE_CASES = [
     "302 to the canary",
     "301 to the other port",
     "307 to localhost",
+    "IPv6 loopback",
+    "302 to IPv6 loopback",
 ]
 
 
@@ -183,13 +194,18 @@ async def _generate(outbound: Outbound, api_base: str, prompt: str, style: str =
 
 @pytest.mark.parametrize(
     "api_base",
-    ["http://127.0.0.1:{f}/v1", "http://localhost:{f}/v1", "http://127.0.0.2:{q}/v1"],
-    ids=["loopback literal", "localhost", "allowed host, other port"],
+    [
+        "http://127.0.0.1:{f}/v1",
+        "http://localhost:{f}/v1",
+        "http://127.0.0.2:{q}/v1",
+        "http://[::1]:{s}/v1",
+    ],
+    ids=["loopback literal", "localhost", "allowed host, other port", "IPv6 loopback"],
 )
 async def test_a_hostile_api_base_reaches_no_canary(
     rig: Rig, outbound: Outbound, api_base: str
 ) -> None:
-    url = api_base.format(f=rig.fake.port, q=rig.canary2.port)
+    url = api_base.format(f=rig.fake.port, q=rig.canary2.port, s=rig.canary6.port)
     with pytest.raises(ApiBaseRefused, match=r"provider's api_base: refused host .*non-public"):
         await _generate(outbound, url, "a mug")
 
@@ -261,14 +277,22 @@ async def test_a_hostile_result_url_reaches_no_canary(
         "http://127.0.0.2:{q}/hook",
         "http://[::ffff:7f00:1]:{f}/hook",
         f"http://{REBIND}:{{f}}/hook",
+        "http://[::1]:{s}/hook",
     ],
-    ids=["loopback literal", "localhost", "allowed host, other port", "mapped IPv6", "rebind"],
+    ids=[
+        "loopback literal",
+        "localhost",
+        "allowed host, other port",
+        "mapped IPv6",
+        "rebind",
+        "IPv6 loopback",
+    ],
 )
 async def test_a_hostile_webhook_url_reaches_no_canary(
     rig: Rig, outbound: Outbound, resolver: ScriptedResolver, url: str
 ) -> None:
     await resolver(REBIND, rig.fake.port)  # as if the webhook URL was checked at submission
-    target = url.format(f=rig.fake.port, q=rig.canary2.port)
+    target = url.format(f=rig.fake.port, q=rig.canary2.port, s=rig.canary6.port)
     with pytest.raises(UnsafeURL):
         await send_webhook(outbound, target, b'{"type": "job.finished"}', {"webhook-id": "1"})
 
@@ -299,6 +323,10 @@ async def test_controls_the_canaries_count_what_reaches_them(rig: Rig) -> None:
     assert (answer.status, rig.canary.connections) == (200, 2)
     assert rig.canary.received[-1].startswith(b"POST /hook HTTP/1.1")
     rig.canary.reset()
+    async with httpx.AsyncClient() as careless:
+        await careless.get(f"{rig.canary6.url}/x.png")
+    assert rig.canary6.connections == 1
+    rig.canary6.reset()
 
 
 async def test_controls_the_legitimate_paths_work(rig: Rig, outbound: Outbound) -> None:

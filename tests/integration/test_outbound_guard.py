@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -13,8 +14,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from imagestudio.cli.background_server import BackgroundServer
-from imagestudio.errors import AnswerTooLarge, DeadlineExceeded, UnsafeURL
+from imagestudio.cli.background_server import BackgroundServer, free_port
+from imagestudio.errors import (
+    AnswerTooLarge,
+    DeadlineExceeded,
+    ProviderTimeout,
+    ProviderUnavailable,
+    SourceUnavailable,
+    UnsafeURL,
+)
+from imagestudio.imaging.fetch import SourceFetcher
+from imagestudio.providers.base import ImageRequest, ProviderConfig
+from imagestudio.providers.registry import make_provider
 from imagestudio.security.http import Outbound, OutboundPolicy, send_webhook
 from imagestudio.security.netguard import system_resolve
 from testkit.canary import Canary, ScriptedResolver, shared_port
@@ -251,3 +262,48 @@ async def test_a_webhook_receivers_answer_is_capped_and_timed(
         await send_webhook(outbound, f"{servers[0].url}/echo", b"x" * 70_000, {})
     with pytest.raises(DeadlineExceeded, match=r"total deadline of 0\.3 s"):
         await send_webhook(outbound, f"{servers[0].url}/late", b"{}", {}, deadline=0.3)
+
+
+# ---------------------------------------------------------------------------- DNS failures
+
+
+async def test_a_name_that_does_not_resolve_is_a_connect_error(outbound: Outbound) -> None:
+    """Each caller maps it as a connect error: the source is unavailable, the provider
+    cannot be reached (not a refusal, and not a source error on the provider's path)."""
+    with pytest.raises(httpx.ConnectError, match=r"cannot resolve host 'no-such-host\.invalid'"):
+        await outbound.request("GET", "http://no-such-host.invalid/x.png")
+    fetcher = SourceFetcher(outbound, max_bytes=1000, timeout=5.0)
+    with pytest.raises(SourceUnavailable, match="cannot resolve host"):
+        await fetcher.fetch("http://no-such-host.invalid/x.png")
+    config = ProviderConfig("http://no-such-host.invalid/v1", "sk-x", "gpt-image-1", "images")
+    provider = make_provider(config, outbound=outbound)
+    try:
+        with pytest.raises(ProviderUnavailable, match=r"cannot reach provider.*cannot resolve"):
+            await provider.generate(ImageRequest("a mug", "gpt-image-1", "256x256"))
+    finally:
+        await provider.aclose()
+
+
+async def test_a_result_url_that_stalls_or_fails_says_so(
+    servers: tuple[BackgroundServer, BackgroundServer], outbound: Outbound
+) -> None:
+    config = ProviderConfig(f"{servers[0].url}/v1", "sk-x", "gpt-image-1", "images", 0.3)
+    provider: Any = make_provider(config, outbound=outbound)
+    port = free_port("127.0.0.2")  # nothing listens there
+    try:
+        with pytest.raises(
+            ProviderTimeout, match=r"provider image URL did not finish within 0\.3 s"
+        ):
+            await provider.download(f"{servers[0].url}/stall")
+        allowed = Outbound(OutboundPolicy.of([f"127.0.0.2:{port}"]))
+        refused: Any = make_provider(config, outbound=allowed)
+        try:
+            with pytest.raises(
+                ProviderUnavailable, match="provider image URL failed: ConnectError"
+            ):
+                await refused.download(f"http://127.0.0.2:{port}/x.png")
+        finally:
+            await refused.aclose()
+            await allowed.aclose()
+    finally:
+        await provider.aclose()

@@ -20,7 +20,7 @@ MAX_GROWTH_MB = 100
 @pytest.mark.timeout(300)
 def test_hostile_answers_are_refused_with_bounded_memory_and_time() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.outbound_memory", "--json"],
+        [sys.executable, "-m", "bench.outbound_memory", "--json", "--no-compare"],
         capture_output=True,
         text=True,
         check=True,

@@ -100,7 +100,7 @@ async def test_the_answer_cap_setting_reaches_the_provider_calls(
     )
     async with open_services(settings) as services:
         await services.jobs.submit(_payload(fake, "big", "[[big:1]]"), None)
-        await services.worker(1).run_until_idle()
+        await services.worker(2).run_until_idle()
         progress = await services.store.progress(None, "big")
         (image,) = await services.store.images(progress.job.id)
     assert image.status == "failed"
@@ -138,3 +138,6 @@ async def test_an_api_base_rebinding_after_submission_stops_the_job_with_0_conne
     # Only the calls already started when the first was refused tried (the job's cap is 2);
     # the third image failed with the job, never tried.
     assert sum(image.attempts for image in images) <= 2
+    # Job-fatal: images not yet started fail with the same reason, without a call (how many
+    # had started is the scheduler's business, not asserted here).
+    assert all("provider's api_base" in (image.error or "") for image in images)

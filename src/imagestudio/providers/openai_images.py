@@ -190,6 +190,11 @@ class OpenAIClientBase:
             ) from exc
         except AnswerTooLarge as exc:
             raise NoImageReturned(f"provider image URL's {exc.message}") from exc
+        except DeadlineExceeded as exc:
+            limit = f"{self.config.timeout_seconds:g} s"
+            raise ProviderTimeout(f"provider image URL did not finish within {limit}") from exc
+        except httpx.HTTPError as exc:
+            raise ProviderUnavailable(self._scrub(f"provider image URL failed: {exc!r}")) from exc
         _check_download(answer)
         if not looks_like_image(answer.body):
             raise NoImageReturned("provider image URL did not hold an image")

@@ -28,7 +28,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from imagestudio.errors import AnswerTooLarge, UnsafeURL
+from imagestudio.errors import AnswerTooLarge, SourceUnavailable, UnsafeURL
 from imagestudio.security.limits import CappedStream, Deadline, size_text
 from imagestudio.security.netguard import (
     AllowList,
@@ -77,7 +77,12 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        addresses = await checked_addresses(host, port, self._policy.allow, self._policy.resolver)
+        try:
+            addresses = await checked_addresses(
+                host, port, self._policy.allow, self._policy.resolver
+            )
+        except SourceUnavailable as exc:  # no answer from DNS: a connect error, to httpx too
+            raise httpcore.ConnectError(exc.message) from exc
         failure: Exception | None = None
         for address in addresses:
             try:
