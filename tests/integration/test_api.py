@@ -223,10 +223,23 @@ def test_too_many_images_is_422(serve_sqlite: Serve) -> None:
     assert response.json()["detail"][0]["field"] == "options.sku_images_map"
 
 
-def test_a_body_that_is_not_an_object_is_422_naming_the_body(shared: httpx.Client) -> None:
-    response = shared.post("/jobs", json=["not", "a", "job"])
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b'["not", "a", "job"]', "dictionary"),
+        (b'{"type": "image_studio", "options": ', "not valid JSON"),
+        (b"\xff\xfe{}", "not valid JSON"),
+        (b"", "not valid JSON"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_422_naming_the_body(
+    shared: httpx.Client, body: bytes, words: str
+) -> None:
+    response = shared.post("/jobs", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422
-    assert response.json()["detail"][0]["field"] == "body"
+    detail = response.json()["detail"][0]
+    assert detail["field"] == "body"
+    assert words in detail["msg"]
 
 
 # -- a job, end to end ----------------------------------------------------------------------

@@ -277,6 +277,7 @@ ERRORS = [
     errors.ProviderBusy("busy", retry_after=3.0, status_code=503),
     errors.AuthFailed("bad key", status_code=401),
     errors.LeaseLost("taken over"),
+    errors.TooMuchInFlight("3 jobs in flight", retry_after=30.0),
 ]
 
 

@@ -101,6 +101,7 @@ PERMANENT: list[BaseException] = [
     JobConflict("job_id reused"),
     JobNotFound("no job"),
     ApiKeyRequired("send the key again"),
+    errors.TooMuchInFlight("3 jobs in flight", retry_after=30.0),
     InputError("generic input error"),
 ]
 JOB_FATAL: list[BaseException] = [

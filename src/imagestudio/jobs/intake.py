@@ -7,8 +7,11 @@ into a 422.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import ipaddress
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,6 +68,28 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return getattr(libc, "malloc_trim", None)
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the operating system (glibc's ``malloc_trim``).
+
+    A big intake allocates and frees a few hundred MB of small objects within a second; glibc
+    keeps the freed pages in its arenas, so without this a server's RSS stayed about 100 MB
+    higher for the rest of its life after one 100,000-image job. A no-op where the C library
+    has no ``malloc_trim`` (musl, macOS). It walks the heap (milliseconds): call it off the
+    event loop, and only after big intakes.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 @dataclass(frozen=True, slots=True)
 class IntakeLimits:
     max_images: int = 5000
@@ -72,7 +97,13 @@ class IntakeLimits:
 
 
 def parse_payload(raw: Any) -> JobPayload:
-    """Parse JSON into a ``JobPayload``; pydantic's first error becomes a ``PayloadInvalid``."""
+    """Parse JSON (bytes, or already parsed) into a ``JobPayload``; a body that is not JSON
+    and pydantic's first error become a ``PayloadInvalid``."""
+    if isinstance(raw, bytes | bytearray):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise PayloadInvalid("body", f"not valid JSON: {exc}") from exc
     try:
         return JobPayload.model_validate(raw)
     except ValidationError as exc:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -55,7 +55,7 @@ async def insert(
     """
     pk = uuid.uuid4().hex
     job_id = spec.job_id or pk
-    inserted = await conn.scalar(_insert_job(conn, spec, pk, job_id, now))
+    inserted = await conn.scalar(_INSERT_JOB[conn.dialect.name], _job_row(spec, pk, job_id, now))
     if inserted is None:
         return job_id, False
     await bulk.insert_images(conn, pk, spec.images, now)
@@ -85,9 +85,19 @@ def _provider_key(spec: JobSpec) -> str:
     return governors.provider_key(spec.provider.api_base, spec.api_key, spec.provider.model)
 
 
-def _insert_job(conn: AsyncConnection, spec: JobSpec, pk: str, job_id: str, now: datetime) -> Any:
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    values = {
+# Values go to these statements as execution parameters, never inside them: SQLAlchemy's
+# compiled cache keeps the first statement of each shape with the values bound into it, so a
+# 100,000-image job's payload (about 40 MB as Python objects) would live as long as the process.
+_INSERT_JOB = {
+    name: dialect_insert(ai_job)
+    .on_conflict_do_nothing(index_elements=["user_id", "job_id"])
+    .returning(ai_job.c.id)
+    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+
+
+def _job_row(spec: JobSpec, pk: str, job_id: str, now: datetime) -> dict[str, Any]:
+    return {
         "id": pk,
         "type": "image_studio",
         "user_id": spec.user_id,
@@ -114,8 +124,6 @@ def _insert_job(conn: AsyncConnection, spec: JobSpec, pk: str, job_id: str, now:
         "created_at": now,
         "updated_at": now,
     }
-    stmt = dialect_insert(ai_job).values(**values)
-    return stmt.on_conflict_do_nothing(index_elements=["user_id", "job_id"]).returning(ai_job.c.id)
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -319,12 +327,18 @@ async def rollup(
     for image_status, delta in moved.items():
         column = counts.COLUMNS[image_status]
         values[column] = getattr(ai_job.c, column) + delta
+    params: dict[str, Any] = {}
     if urls_due(job.total, job.urls_refreshed_at, now, ended=ended):
-        values |= {"result_image_urls": await _result_urls(conn, job_pk), "urls_refreshed_at": now}
-    await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(**values))
+        # a parameter, not a value in the statement (see _INSERT_JOB): the list can be long
+        params["urls"] = await _result_urls(conn, job_pk)
+        values |= {"result_image_urls": _URLS, "urls_refreshed_at": now}
+    await conn.execute(update(ai_job).where(ai_job.c.id == job_pk).values(**values), params)
     if ended:  # the key is erased when the job ends
         await conn.execute(ai_job_secret.delete().where(ai_job_secret.c.job_pk == job_pk))
     return status.value
+
+
+_URLS = bindparam("urls", type_=ai_job.c.result_image_urls.type)
 
 
 def _rollup_row(job_pk: str) -> Any:
