@@ -27,6 +27,7 @@ from imagestudio.settings import Settings
 
 def create_app(settings: Settings, *, workers: int = 0) -> FastAPI:
     """The API; with ``workers > 0`` it also runs that many task slots in-process."""
+    settings.token_users()  # a malformed IMAGESTUDIO_API_TOKENS fails here, not per request
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
