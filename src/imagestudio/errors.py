@@ -11,6 +11,8 @@ meets them, with ``raise Mapped(...) from exc`` so the cause is kept.
     │   ├── JobNotFound             no such job for this user (HTTP 404)
     │   ├── ApiKeyRequired          a retry of an ended job must bring the key again (HTTP 422)
     │   ├── UnsafeURL               a URL we refuse to fetch (scheme, private address)
+    │   │   └── ApiBaseRefused      the job's api_base now leads to a refused address (fatal
+    │   │                           for the job: every image would meet it)
     │   ├── SourceNotFound          the source image answered 4xx (404, 403, ...)
     │   ├── SourceTooLarge          the source exceeds the byte or pixel cap
     │   ├── BadImage                the bytes are not an image we can decode
@@ -28,6 +30,9 @@ meets them, with ``raise Mapped(...) from exc`` so the cause is kept.
     │   ├── ProviderBadRequest      the provider rejected the request (permanent)
     │   ├── AuthFailed              401/403: the key is wrong (fatal for the job)
     │   └── QuotaExhausted          429 ``insufficient_quota`` (fatal for the job)
+    ├── OutboundLimit               an answer to our request broke a limit of security.http
+    │   ├── AnswerTooLarge          over the byte cap (``limit`` bytes); callers map it
+    │   └── DeadlineExceeded        not done within the total deadline (``seconds``)
     ├── StorageError                the result could not be written
     └── LeaseLost                   this worker no longer owns the task (fencing)
 
@@ -92,6 +97,11 @@ class ApiKeyRequired(InputError):
 
 class UnsafeURL(InputError):
     """A URL we refuse to fetch: bad scheme, or a private/loopback/metadata address."""
+
+
+class ApiBaseRefused(UnsafeURL):
+    """The provider's ``api_base`` was refused when a call connected (it resolves to a
+    private or loopback address now, as a rebinding name does): the whole job would meet it."""
 
 
 class SourceNotFound(InputError):
@@ -193,6 +203,30 @@ class AuthFailed(ProviderError):
 
 class QuotaExhausted(ProviderError):
     """The account has no quota or credit left (429 ``insufficient_quota``)."""
+
+
+class OutboundLimit(ImageStudioError):
+    """An answer to one of our outbound requests broke a limit of the guarded HTTP path.
+
+    Raised by ``security.http``; each caller maps it to what it means there (a source too
+    large, a provider answer without a usable image, a provider timeout).
+    """
+
+
+class AnswerTooLarge(OutboundLimit):
+    """The answer was larger than the request's byte cap (declared or counted on the stream)."""
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class DeadlineExceeded(OutboundLimit):
+    """The request (connect, send, answer and body) did not finish within ``seconds``."""
+
+    def __init__(self, message: str, *, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
 
 
 class StorageError(ImageStudioError):

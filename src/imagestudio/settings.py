@@ -65,7 +65,10 @@ class Settings(BaseSettings):
     # Source fetch and provider calls.
     source_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     source_timeout_seconds: float = Field(default=30.0, gt=0)
+    # A total deadline per provider call (connect, upload, answer, result URL download).
     provider_timeout_seconds: float = Field(default=180.0, gt=0)
+    # The cap on a provider's answer (b64_json) and on a result URL, counted on the stream.
+    provider_max_answer_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=64_000_000, ge=1)
 
     # Worker processes for decode/resize/encode; None = one per core, 0 = threads instead.

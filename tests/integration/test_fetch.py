@@ -23,6 +23,7 @@ from imagestudio.errors import (
     UnsafeURL,
 )
 from imagestudio.imaging.fetch import SourceFetcher, filename_from_url
+from imagestudio.security.http import Outbound, OutboundPolicy
 
 MAX_BYTES = 50_000
 LOOPBACK = ("127.0.0.1",)
@@ -107,30 +108,42 @@ def server() -> Iterator[BackgroundServer]:
         yield running
 
 
+class Outbounds:
+    """The guarded paths a test built (one per allow-list), closed after it."""
+
+    def __init__(self) -> None:
+        self.opened: list[Outbound] = []
+
+    def __call__(self, allow_list: Sequence[str]) -> Outbound:
+        self.opened.append(Outbound(OutboundPolicy.of(allow_list)))
+        return self.opened[-1]
+
+
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False) as http:
-        yield http
+async def client() -> AsyncIterator[Outbounds]:
+    outbounds = Outbounds()
+    yield outbounds
+    for outbound in outbounds.opened:
+        await outbound.aclose()
 
 
 def fetcher(
-    client: httpx.AsyncClient,
+    client: Outbounds,
     *,
     allow_list: Sequence[str] = LOOPBACK,
     timeout: float = 5.0,
     max_redirects: int = 5,
 ) -> SourceFetcher:
     return SourceFetcher(
-        client,
+        client(allow_list),
         max_bytes=MAX_BYTES,
         timeout=timeout,
-        allow_list=allow_list,
         max_redirects=max_redirects,
     )
 
 
 async def test_fetches_an_image_and_sniffs_its_type(
-    server: BackgroundServer, client: httpx.AsyncClient
+    server: BackgroundServer, client: Outbounds
 ) -> None:
     source = await fetcher(client).fetch(f"{server.url}/images/front.png?v=2")
     assert (source.data, source.mime, source.filename) == (PNG, "image/png", "front.png")
@@ -138,7 +151,7 @@ async def test_fetches_an_image_and_sniffs_its_type(
 
 @pytest.mark.parametrize("code", [400, 403, 404, 410])
 async def test_client_errors_are_not_found(
-    server: BackgroundServer, client: httpx.AsyncClient, code: int
+    server: BackgroundServer, client: Outbounds, code: int
 ) -> None:
     with pytest.raises(SourceNotFound, match=f"HTTP {code}"):
         await fetcher(client).fetch(f"{server.url}/status/{code}")
@@ -146,22 +159,20 @@ async def test_client_errors_are_not_found(
 
 @pytest.mark.parametrize("code", [500, 502, 503])
 async def test_server_errors_are_unavailable(
-    server: BackgroundServer, client: httpx.AsyncClient, code: int
+    server: BackgroundServer, client: Outbounds, code: int
 ) -> None:
     with pytest.raises(SourceUnavailable, match=f"HTTP {code}"):
         await fetcher(client).fetch(f"{server.url}/status/{code}")
 
 
-async def test_follows_a_redirect_chain(
-    server: BackgroundServer, client: httpx.AsyncClient
-) -> None:
+async def test_follows_a_redirect_chain(server: BackgroundServer, client: Outbounds) -> None:
     source = await fetcher(client).fetch(f"{server.url}/hop/3")
     assert source.data == PNG
     # The name comes from the URL asked for, with the sniffed extension.
     assert source.filename == "3.png"
 
 
-async def test_too_many_redirects(server: BackgroundServer, client: httpx.AsyncClient) -> None:
+async def test_too_many_redirects(server: BackgroundServer, client: Outbounds) -> None:
     with pytest.raises(SourceNotFound, match="redirected more than 2 times"):
         await fetcher(client, max_redirects=2).fetch(f"{server.url}/hop/3")
 
@@ -176,61 +187,55 @@ async def test_too_many_redirects(server: BackgroundServer, client: httpx.AsyncC
     ],
 )
 async def test_each_redirect_hop_is_rechecked(
-    server: BackgroundServer, client: httpx.AsyncClient, target: str
+    server: BackgroundServer, client: Outbounds, target: str
 ) -> None:
     url = str(httpx.URL(f"{server.url}/redirect", params={"url": target}))
     with pytest.raises(UnsafeURL):
         await fetcher(client).fetch(url)
 
 
-async def test_oversize_by_content_length(
-    server: BackgroundServer, client: httpx.AsyncClient
-) -> None:
+async def test_oversize_by_content_length(server: BackgroundServer, client: Outbounds) -> None:
     with pytest.raises(SourceTooLarge, match=f"{MAX_BYTES + 1} bytes"):
         await fetcher(client).fetch(f"{server.url}/big-declared")
 
 
-async def test_oversize_by_counting_the_stream(
-    server: BackgroundServer, client: httpx.AsyncClient
-) -> None:
+async def test_oversize_by_counting_the_stream(server: BackgroundServer, client: Outbounds) -> None:
     with pytest.raises(SourceTooLarge, match="over the cap"):
         await fetcher(client).fetch(f"{server.url}/big-streamed")
 
 
 @pytest.mark.parametrize("path", ["/slow", "/stalls"])
 async def test_slow_server_times_out_as_unavailable(
-    server: BackgroundServer, client: httpx.AsyncClient, path: str
+    server: BackgroundServer, client: Outbounds, path: str
 ) -> None:
     with pytest.raises(SourceUnavailable, match="timed out"):
         await fetcher(client, timeout=0.2).fetch(f"{server.url}{path}")
 
 
 async def test_loopback_is_refused_unless_allow_listed(
-    server: BackgroundServer, client: httpx.AsyncClient
+    server: BackgroundServer, client: Outbounds
 ) -> None:
     with pytest.raises(UnsafeURL, match=r"127\.0\.0\.1"):
         await fetcher(client, allow_list=[]).fetch(f"{server.url}/images/a.png")
 
 
-async def test_connection_refused_is_unavailable(client: httpx.AsyncClient) -> None:
+async def test_connection_refused_is_unavailable(client: Outbounds) -> None:
     with pytest.raises(SourceUnavailable):
         await fetcher(client).fetch(f"http://127.0.0.1:{free_port()}/a.png")
 
 
-async def test_not_an_image_is_bad_image(
-    server: BackgroundServer, client: httpx.AsyncClient
-) -> None:
+async def test_not_an_image_is_bad_image(server: BackgroundServer, client: Outbounds) -> None:
     with pytest.raises(BadImage):
         await fetcher(client).fetch(f"{server.url}/html")
 
 
-async def test_a_client_that_follows_redirects_is_still_checked(
-    server: BackgroundServer,
+async def test_the_guarded_client_never_follows_a_redirect_by_itself(
+    server: BackgroundServer, client: Outbounds
 ) -> None:
     url = str(httpx.URL(f"{server.url}/redirect", params={"url": "http://10.0.0.1/"}))
-    async with httpx.AsyncClient(follow_redirects=True) as careless:
-        with pytest.raises(UnsafeURL):
-            await fetcher(careless).fetch(url)
+    async with client(LOOPBACK).client() as careless:
+        answer = await careless.get(url, follow_redirects=True)
+    assert answer.status_code == 301
 
 
 @pytest.mark.parametrize(

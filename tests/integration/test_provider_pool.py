@@ -26,7 +26,9 @@ async def test_an_evicted_client_stays_open_until_its_call_ends(
         payload = batch_payload(fake_provider.url, f"job-{n}", images_per_sku=(1,), api_key=key)
         await services.jobs.submit(payload, None)
     first, second = await services.store.claim("w1", 2, 30)
-    pool = ProviderPool(services.box, services.store, timeout=30, size=1)
+    pool = ProviderPool(
+        services.box, services.store, timeout=30, size=1, outbound=services.outbound
+    )
     try:
         async with pool.lease(first) as in_use:
             call = asyncio.create_task(in_use.generate(_request("[[slow]] a red mug")))

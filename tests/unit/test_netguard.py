@@ -9,9 +9,11 @@ import pytest
 from imagestudio.errors import SourceUnavailable, UnsafeURL
 from imagestudio.security.netguard import (
     AllowList,
+    checked_addresses,
     ensure_public_url,
     first_refused,
     is_address_allowed,
+    split_port,
 )
 
 REFUSED = [
@@ -91,9 +93,56 @@ def test_allow_list_opens_addresses_and_networks(
 
 def test_allow_list_parses_hosts_and_networks() -> None:
     allowed = AllowList.parse(["MinIO.Internal.", "10.0.0.0/8", "::1"])
-    assert allowed.hosts == frozenset({"minio.internal"})
+    assert allowed.hosts == frozenset({("minio.internal", None)})
     assert len(allowed.networks) == 2
     assert allowed.has_host("minio.internal")
+    assert allowed.has_host("minio.internal", 9000)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("127.0.0.2:19100", ("127.0.0.2", 19100)),
+        ("[::1]:8080", ("::1", 8080)),
+        ("[::1]", ("::1", None)),
+        ("::1", ("::1", None)),
+        ("minio.internal:9000", ("minio.internal", 9000)),
+        ("10.0.0.0/8", ("10.0.0.0/8", None)),
+        ("fd00::/8", ("fd00::/8", None)),
+    ],
+)
+def test_allow_list_entries_may_carry_a_port(entry: str, expected: tuple[str, int | None]) -> None:
+    assert split_port(entry) == expected
+
+
+@pytest.mark.parametrize("entry", ["127.0.0.2:http", "127.0.0.2:0", "host:70000", "[::1]:x"])
+def test_a_bad_port_in_the_allow_list_is_refused(entry: str) -> None:
+    with pytest.raises(ValueError, match="port"):
+        AllowList.parse([entry])
+
+
+@pytest.mark.parametrize(
+    ("address", "port", "expected"),
+    [
+        ("127.0.0.2", 19100, True),
+        ("127.0.0.2", 19101, False),
+        ("127.0.0.2", None, False),  # a port-limited entry needs the port to match
+        ("127.0.0.1", 19100, False),
+        ("10.1.2.3", 5, True),  # a network without a port: every port
+    ],
+)
+def test_a_port_limited_entry_matches_that_port_only(
+    address: str, port: int | None, expected: bool
+) -> None:
+    allowed = AllowList.parse(["127.0.0.2:19100", "10.0.0.0/8"])
+    assert is_address_allowed(address, allowed, port=port) is expected
+
+
+async def test_a_port_limited_host_name_matches_that_port_only() -> None:
+    allowed = AllowList.parse(["localhost:19100"])
+    await ensure_public_url("http://localhost:19100/v1", allowed)
+    with pytest.raises(UnsafeURL, match="port 19101"):
+        await ensure_public_url("http://localhost:19101/v1", allowed)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +199,7 @@ def test_every_resolved_address_is_checked(
 
 
 async def test_a_resolved_hostname_is_checked() -> None:
-    with pytest.raises(UnsafeURL, match="resolves to non-public address"):
+    with pytest.raises(UnsafeURL, match=r"resolves to .*, a non-public address"):
         await ensure_public_url("http://localhost/", ["10.0.0.0/8"])
     await ensure_public_url("http://localhost/", ["127.0.0.0/8", "::1"])
 
@@ -158,3 +207,50 @@ async def test_a_resolved_hostname_is_checked() -> None:
 async def test_unresolvable_host_is_unavailable() -> None:
     with pytest.raises(SourceUnavailable, match="cannot resolve"):
         await ensure_public_url("http://no-such-host.invalid/a.png", [])
+
+
+class Resolver:
+    """A resolver that answers from a table and logs what it was asked."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+        self.asked: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        return self.table.get(host, [])
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "allow", "table", "expected"),
+    [
+        ("cdn.test", 443, [], {"cdn.test": ["8.8.8.8", "1.1.1.1"]}, ["8.8.8.8", "1.1.1.1"]),
+        ("8.8.8.8", 80, [], {}, ["8.8.8.8"]),  # a literal is not resolved
+        ("127.0.0.2", 19100, ["127.0.0.2:19100"], {}, ["127.0.0.2"]),
+        ("minio.test", 9000, ["minio.test:9000"], {"minio.test": ["10.0.0.5"]}, ["10.0.0.5"]),
+        ("MinIO.Test.", 9000, ["minio.test"], {"minio.test": ["10.0.0.5"]}, ["10.0.0.5"]),
+    ],
+)
+async def test_checked_addresses_are_what_a_connection_may_use(
+    host: str, port: int, allow: list[str], table: dict[str, list[str]], expected: list[str]
+) -> None:
+    resolver = Resolver(table)
+    assert await checked_addresses(host, port, allow, resolver) == expected
+    assert resolver.asked == ([] if not table else [host.lower().rstrip(".")])
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "allow", "table", "reason"),
+    [
+        ("cdn.test", 443, [], {"cdn.test": ["8.8.8.8", "10.0.0.1"]}, "resolves to 10.0.0.1"),
+        ("minio.test", 9001, ["minio.test:9000"], {"minio.test": ["10.0.0.5"]}, "port 9001"),
+        ("127.0.0.2", 19101, ["127.0.0.2:19100"], {}, "'127.0.0.2' (port 19101): it is a"),
+        ("void.test", 80, [], {}, "has no address"),
+        ("::1", 80, [], {}, "'::1'"),
+    ],
+)
+async def test_checked_addresses_refuse_with_the_reason(
+    host: str, port: int, allow: list[str], table: dict[str, list[str]], reason: str
+) -> None:
+    with pytest.raises(UnsafeURL, match=re.escape(reason)):
+        await checked_addresses(host, port, allow, Resolver(table))

@@ -277,7 +277,9 @@ ERRORS = [
     errors.ProviderBusy("busy", retry_after=3.0, status_code=503),
     errors.AuthFailed("bad key", status_code=401),
     errors.LeaseLost("taken over"),
-    errors.TooMuchInFlight("3 jobs in flight", retry_after=30.0),
+    errors.TooMuchInFlight("100 jobs in flight", retry_after=30.0),
+    errors.AnswerTooLarge("answer over the cap of 1.0 MB", limit=1024 * 1024),
+    errors.DeadlineExceeded("not done within the total deadline of 5 s", seconds=5.0),
 ]
 
 

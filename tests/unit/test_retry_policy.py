@@ -11,17 +11,21 @@ import pytest
 from imagestudio import errors
 from imagestudio.domain import ImageStatus, JobStatus
 from imagestudio.errors import (
+    AnswerTooLarge,
+    ApiBaseRefused,
     ApiKeyRequired,
     AuthFailed,
     BadImage,
     ConnectionDropped,
     ContentRejected,
+    DeadlineExceeded,
     ImageStudioError,
     InputError,
     JobConflict,
     JobNotFound,
     LeaseLost,
     NoImageReturned,
+    OutboundLimit,
     PayloadInvalid,
     ProviderBadRequest,
     ProviderBusy,
@@ -34,6 +38,7 @@ from imagestudio.errors import (
     SourceTooLarge,
     SourceUnavailable,
     StorageError,
+    TooMuchInFlight,
     UnsafeURL,
 )
 from imagestudio.policy.retry import (
@@ -85,6 +90,8 @@ TRANSIENT: list[BaseException] = [
     SourceUnavailable("cdn answered 503"),
     StorageError("disk full"),
     LeaseLost("lease gone"),
+    DeadlineExceeded("not done within the total deadline of 5 s", seconds=5.0),
+    OutboundLimit("an outbound limit"),
     ProviderError("unclassified provider failure", status_code=418),
     ImageStudioError("worker lost 1 times while running it"),
     RuntimeError("a bug in a dependency"),
@@ -97,16 +104,18 @@ PERMANENT: list[BaseException] = [
     SourceTooLarge("source is 90 MB"),
     BadImage("not an image"),
     UnsafeURL("10.0.0.1 is a private address"),
+    AnswerTooLarge("answer over the cap of 1.0 MB", limit=1024 * 1024),
     PayloadInvalid("options.model", "unknown model"),
     JobConflict("job_id reused"),
     JobNotFound("no job"),
     ApiKeyRequired("send the key again"),
-    errors.TooMuchInFlight("3 jobs in flight", retry_after=30.0),
     InputError("generic input error"),
+    TooMuchInFlight("100 jobs in flight", retry_after=30.0),
 ]
 JOB_FATAL: list[BaseException] = [
     AuthFailed("Incorrect API key provided", status_code=401),
     QuotaExhausted("You exceeded your current quota", status_code=429),
+    ApiBaseRefused("refused to connect to the provider's api_base: 127.0.0.1"),
 ]
 
 

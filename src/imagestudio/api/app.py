@@ -95,7 +95,7 @@ def _error_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: PayloadInvalid) -> JSONResponse:
         detail = [
             {
-                "loc": ["body", *exc.field.split(".")],
+                "loc": ["body", *exc.field.split(".")] if exc.field != "body" else ["body"],
                 "field": exc.field,
                 "msg": exc.reason,
                 "type": "payload_invalid",

@@ -7,8 +7,6 @@ into a 422.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import ipaddress
 import json
@@ -67,28 +65,6 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-
-
-def _malloc_trim() -> Any:
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    return getattr(libc, "malloc_trim", None)
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Give the C heap's free pages back to the operating system (glibc's ``malloc_trim``).
-
-    A big intake allocates and frees a few hundred MB of small objects within a second; glibc
-    keeps the freed pages in its arenas, so without this a server's RSS stayed about 100 MB
-    higher for the rest of its life after one 100,000-image job. A no-op where the C library
-    has no ``malloc_trim`` (musl, macOS). It walks the heap (milliseconds): call it off the
-    event loop, and only after big intakes.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 @dataclass(frozen=True, slots=True)

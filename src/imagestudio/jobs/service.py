@@ -20,23 +20,17 @@ from imagestudio.errors import (
     TooMuchInFlight,
     UnsafeURL,
 )
-from imagestudio.jobs.intake import (
-    IntakeLimits,
-    build_job_spec,
-    gc_paused,
-    parse_payload,
-    release_freed_memory,
-)
+from imagestudio.jobs.intake import IntakeLimits, build_job_spec, gc_paused, parse_payload
 from imagestudio.policy.quota import Quota, refusal
 from imagestudio.security.crypto import SecretBox
-from imagestudio.security.netguard import ensure_public_url
+from imagestudio.security.netguard import Resolver, ensure_public_url, system_resolve
 from imagestudio.security.redact import redact
 from imagestudio.storage import ResultStorage, sweep
 from imagestudio.store.records import JobProgress, JobRecord
 from imagestudio.store.store import Store
 
 LOCAL_USER = "local"
-RELEASE_AFTER_IMAGES = 5000  # an intake this big gives its freed heap back (release_freed_memory)
+RELEASE_AFTER_IMAGES = 5000  # an intake this big then calls ``release_memory``
 
 
 def _nothing() -> None:
@@ -61,7 +55,8 @@ class Retried:
 
 class JobService:
     """The user's side of jobs. ``on_new_work`` is told when images were queued (so
-    in-process workers claim at once instead of at their next poll)."""
+    in-process workers claim at once instead of at their next poll); ``release_memory`` runs
+    in a thread after a big intake, once its payload's objects are freed."""
 
     def __init__(
         self,
@@ -73,11 +68,15 @@ class JobService:
         quota: Quota | None = None,
         quota_retry_after: float = 30.0,
         allow_list: Sequence[str] = (),
+        resolver: Resolver = system_resolve,
         on_new_work: Callable[[], None] = _nothing,
+        release_memory: Callable[[], None] = _nothing,
     ) -> None:
         self.store, self.storage, self.box = store, storage, box
         self.limits, self.allow_list, self.on_new_work = limits, list(allow_list), on_new_work
+        self.release_memory = release_memory
         self.quota, self.quota_retry_after = quota or Quota(), quota_retry_after
+        self.resolver = resolver  # the submission check's (the connect-time check is Outbound's)
 
     async def submit(self, raw: bytes | dict[str, Any], user: str | None) -> Submitted:
         """Validate, check the provider URL, seal the key and write the job once.
@@ -90,14 +89,14 @@ class JobService:
         # so in-process workers keep their heartbeats and other requests their answers.
         spec = await asyncio.to_thread(self._spec, raw, user)
         try:
-            await ensure_public_url(spec.provider.api_base, self.allow_list)
+            await ensure_public_url(spec.provider.api_base, self.allow_list, self.resolver)
         except (UnsafeURL, SourceUnavailable) as exc:  # refused, or its name did not resolve
             raise PayloadInvalid("options.api_base", redact(exc.message)) from exc
         await self._admit(spec)
         result = await self.store.submit(spec, self.box.seal(spec.api_key))
         if len(spec.images) >= RELEASE_AFTER_IMAGES:
             del spec
-            await asyncio.to_thread(release_freed_memory)
+            await asyncio.to_thread(self.release_memory)
         if result.created:
             self.on_new_work()
         progress = await self.store.progress(result.job.user_id, result.job.job_id)

@@ -1,7 +1,8 @@
 """What a failed attempt means for its image and its job: one pure decision, table-tested.
 
 transient   RateLimited, ProviderUnavailable, ProviderTimeout, NoImageReturned,
-            SourceUnavailable, StorageError, LeaseLost-free worker crashes
+            SourceUnavailable, StorageError, DeadlineExceeded (an outbound request's
+            total deadline, when its caller did not map it), LeaseLost-free worker crashes
             -> retry with exponential backoff and full jitter, never sooner than the
                server asked. A RateLimited is a *snooze*: it does not use up an attempt.
                A ProviderTimeout after the request was sent may already be billed, so
@@ -9,9 +10,11 @@ transient   RateLimited, ProviderUnavailable, ProviderTimeout, NoImageReturned,
                (the connection broke after the request was sent) is one of them.
                A ProviderBusy (a 5xx with retry-after) waits at least what it asked.
 permanent   ContentRejected, ProviderBadRequest, SourceNotFound, SourceTooLarge,
-            BadImage, UnsafeURL -> the image fails now with the cleaned message.
-job-fatal   AuthFailed, QuotaExhausted -> the job stops; its queued images fail with
-            the same reason without calling the provider.
+            BadImage, UnsafeURL, AnswerTooLarge (over an outbound byte cap: the same
+            request gets the same answer) -> the image fails now with the cleaned message.
+job-fatal   AuthFailed, QuotaExhausted, ApiBaseRefused (the api_base now resolves to a
+            refused address) -> the job stops; its queued images fail with the same
+            reason without calling the provider.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from imagestudio.errors import (
+    AnswerTooLarge,
+    ApiBaseRefused,
     AuthFailed,
     ContentRejected,
     ImageStudioError,
@@ -97,9 +102,9 @@ def decide(
     rng: random.Random,
 ) -> Decision:
     """Retry, fail the image, or fail the job, for ``error`` raised by the attempt."""
-    if isinstance(error, AuthFailed | QuotaExhausted):
+    if isinstance(error, AuthFailed | QuotaExhausted | ApiBaseRefused):
         return FailJob(describe(error))
-    if isinstance(error, InputError | ContentRejected | ProviderBadRequest):
+    if isinstance(error, InputError | ContentRejected | ProviderBadRequest | AnswerTooLarge):
         return FailImage(describe(error))
     age = (now - state.first_started_at).total_seconds()
     if age >= policy.deadline_seconds:

@@ -13,13 +13,15 @@ sees a foreign exception type. Messages are scrubbed: the configured key, anythi
     401, 403                     -> AuthFailed, unless it came after a redirect to another
                                     host (the SDK drops the key there): ProviderBadRequest
     400 content policy           -> ContentRejected
-    3xx not followed             -> ProviderBadRequest "redirected (307) to ..."
+    3xx (never followed: the     -> ProviderBadRequest "redirected (307) to ..., not followed"
+    guarded client follows none)
     400, 404, 422, other 4xx     -> ProviderBadRequest
     408, 504                     -> ProviderTimeout(sent=True) (a gateway gave up waiting)
     409, 5xx                     -> ProviderUnavailable; with retry-after -> ProviderBusy
     undecodable answer           -> NoImageReturned
 
-A status answer that came after redirects says so ("after a 307 redirect to host:port").
+A status answer that came after redirects (an injected client that follows them; the service's
+guarded client never does) says so ("after a 307 redirect to host:port").
 HTML error pages are named by their title, not pasted whole.
 """
 

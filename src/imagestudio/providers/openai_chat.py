@@ -68,10 +68,12 @@ class OpenAIChatProvider(OpenAIClientBase):
     """Chat-completions image models (OpenRouter-style ``message.images``)."""
 
     async def _generate(self, request: ImageRequest) -> ImageResult:
-        raw = await self._client.chat.completions.with_raw_response.create(
-            model=request.model,
-            messages=chat_messages(request),  # type: ignore[arg-type]
-            extra_body={"modalities": ["image", "text"]},
+        raw = await self._sdk(
+            self._client.chat.completions.with_raw_response.create(
+                model=request.model,
+                messages=chat_messages(request),  # type: ignore[arg-type]
+                extra_body={"modalities": ["image", "text"]},
+            )
         )
         return ImageResult(await self._image(self.parsed(raw)), parse_rate_info(raw.headers))
 

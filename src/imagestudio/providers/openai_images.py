@@ -3,6 +3,11 @@
 Works with OpenAI and any compatible ``api_base`` (including our fake server). The SDK runs
 with ``max_retries=0``: retrying is the scheduler's decision, not the SDK's. Every foreign
 exception is mapped by ``error_map.map_provider_error`` before it leaves this module.
+
+Every request goes through the guarded path (``security.http.Outbound``): the SDK gets its
+``client()`` (no automatic redirects, so a 307 cannot re-POST the form; every address checked
+at connect; the answer capped on the stream) and result URLs are downloaded with its
+``request()``. The adapter builds its own from ``ProviderConfig.allow_list`` unless given one.
 """
 
 from __future__ import annotations
@@ -11,23 +16,34 @@ import asyncio
 import base64
 import binascii
 import re
-from typing import Any, cast
+from collections.abc import Awaitable
+from typing import Any, TypeVar, cast
 
 import httpx
 import httpx2
-import openai
 from openai import AsyncOpenAI
 
-from imagestudio.errors import NoImageReturned, ProviderError, ProviderUnavailable
-from imagestudio.providers.base import ImageRequest, ImageResult, ProviderConfig
+from imagestudio.errors import (
+    AnswerTooLarge,
+    ApiBaseRefused,
+    DeadlineExceeded,
+    NoImageReturned,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    UnsafeURL,
+)
+from imagestudio.providers.base import MAX_ANSWER_BYTES, ImageRequest, ImageResult, ProviderConfig
 from imagestudio.providers.error_map import MAPPED_EXCEPTIONS, map_provider_error, scrub
 from imagestudio.providers.retry_after import parse_rate_info
+from imagestudio.security.http import MAX_REDIRECTS, Answer, Outbound, OutboundPolicy
 
 HttpClient = httpx2.AsyncClient | httpx.AsyncClient
-"""An injectable async client: the SDK's own ``httpx2`` or a legacy ``httpx`` one."""
+"""An injectable async client (tests): the SDK's own ``httpx2`` or a legacy ``httpx`` one. The
+service never injects one: it gives the adapter its guarded ``Outbound``."""
 
-MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
-MAX_ANSWER_BYTES = 96 * 1024 * 1024  # a 64 MB image in base64, with room for the JSON
+MAX_DOWNLOAD_BYTES = MAX_ANSWER_BYTES
+T = TypeVar("T")
 _MB = 1024 * 1024
 _MAGIC: tuple[bytes, ...] = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
 _DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,([A-Za-z0-9+/=\s_-]+)", re.IGNORECASE)
@@ -61,12 +77,27 @@ def decode_data_url(url: str) -> bytes | None:
 
 
 class OpenAIClientBase:
-    """Builds the SDK client and owns (or borrows) the HTTP client used for it and downloads."""
+    """Builds the SDK client over the guarded path (its own, or a borrowed ``outbound``)."""
 
-    def __init__(self, config: ProviderConfig, *, http_client: HttpClient | None = None) -> None:
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        http_client: HttpClient | None = None,
+        outbound: Outbound | None = None,
+    ) -> None:
         self.config = config
+        self.max_answer_bytes = config.max_answer_bytes  # tests lower it on an instance
+        self._owns_outbound = outbound is None
+        self._outbound = outbound or Outbound(
+            OutboundPolicy.of(config.allow_list),
+            max_bytes=config.max_answer_bytes,
+            deadline=config.timeout_seconds,
+        )
         self._owns_http = http_client is None
-        self._http: HttpClient = http_client or openai.DefaultAsyncHttpx2Client()
+        self._http: HttpClient = http_client or self._outbound.client(
+            deadline=config.timeout_seconds, max_bytes=config.max_answer_bytes
+        )
         self._client = AsyncOpenAI(
             api_key=config.api_key,
             base_url=config.api_base,
@@ -76,21 +107,37 @@ class OpenAIClientBase:
             http_client=cast(httpx2.AsyncClient, self._http),
         )
 
-    max_answer_bytes = MAX_ANSWER_BYTES  # a class attribute: tests lower it on an instance
-
     async def generate(self, request: ImageRequest) -> ImageResult:
-        """One image; every failure leaves as one of our ``ProviderError`` classes.
+        """One image; every failure leaves as one of our ``ProviderError`` classes (or
+        ``UnsafeURL`` when the guarded path refuses an address).
 
-        ``timeout_seconds`` bounds the whole call too (the SDK's timeout is per read, so an
-        answer drip-fed a few bytes at a time would never time out).
+        ``timeout_seconds`` bounds the whole call (the SDK's timeout is per read, so an
+        answer drip-fed a few bytes at a time would never time out); the guarded transport
+        holds each request to it as well.
         """
         try:
             async with asyncio.timeout(self.config.timeout_seconds):
                 return await self._generate(request)
-        except ProviderError:
+        except (ProviderError, UnsafeURL):
             raise
+        except AnswerTooLarge as exc:
+            raise NoImageReturned(f"provider's {exc.message}") from exc
+        except DeadlineExceeded as exc:
+            raise self._timed_out() from exc
         except MAPPED_EXCEPTIONS as exc:
             raise self._mapped(exc) from exc
+
+    async def _sdk(self, call: Awaitable[T]) -> T:
+        """An SDK call: a refused connection there is the ``api_base``'s, job-wide."""
+        try:
+            return await call
+        except UnsafeURL as exc:
+            message = self._scrub(f"refused to connect to the provider's api_base: {exc}")
+            raise ApiBaseRefused(message) from exc
+
+    def _timed_out(self) -> ProviderTimeout:
+        limit = self.config.timeout_seconds
+        return ProviderTimeout(f"provider did not answer within {limit:g} s", sent=True)
 
     async def _generate(self, request: ImageRequest) -> ImageResult:
         raise NotImplementedError
@@ -128,31 +175,40 @@ class OpenAIClientBase:
         return result
 
     async def download(self, url: str) -> bytes:
-        """Fetch an image URL the provider answered with (capped in size and time)."""
+        """Fetch an image URL the provider answered with, through the guarded path (every
+        address checked, at most 3 redirects, capped in size and time)."""
         if not url.startswith(("http://", "https://")):
             raise NoImageReturned(scrub(f"provider answered an unusable image URL: {url[:80]}"))
-        chunks: list[bytes] = []
-        size = 0
-        async with self._http.stream("GET", url, timeout=self.config.timeout_seconds) as response:
-            _check_download(response.status_code)
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_DOWNLOAD_BYTES:
-                    raise NoImageReturned("provider image URL is larger than the download cap")
-                chunks.append(chunk)
-        data = b"".join(chunks)
-        if not looks_like_image(data):
+        try:
+            answer = await self._outbound.request(
+                "GET", url, max_bytes=MAX_DOWNLOAD_BYTES, deadline=self.config.timeout_seconds
+            )
+        except UnsafeURL as exc:
+            raise UnsafeURL(
+                self._scrub(f"provider answered an image URL we refuse: {exc}")
+            ) from exc
+        except AnswerTooLarge as exc:
+            raise NoImageReturned(f"provider image URL's {exc.message}") from exc
+        _check_download(answer)
+        if not looks_like_image(answer.body):
             raise NoImageReturned("provider image URL did not hold an image")
-        return data
+        return answer.body
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this adapter created it (an injected one is the caller's)."""
+        """Close what this adapter created (an injected client or outbound is the caller's)."""
         if self._owns_http:
             await self._client.close()
+        if self._owns_outbound:
+            await self._outbound.aclose()
 
 
-def _check_download(status: int) -> None:
+def _check_download(answer: Answer) -> None:
     """An image URL that answered an error: 5xx is transient, anything else is no image."""
+    status = answer.status
+    if answer.is_redirect and len(answer.redirects) >= MAX_REDIRECTS:
+        raise NoImageReturned(
+            f"provider image URL redirected more than {MAX_REDIRECTS} times", status_code=status
+        )
     if status >= 500:
         raise ProviderUnavailable(f"provider image URL answered {status}", status_code=status)
     if status >= 300:
@@ -189,9 +245,9 @@ class OpenAIImagesProvider(OpenAIClientBase):
         images = self._client.images.with_raw_response  # the headers carry rate limits
         if source is not None:
             image = (source.filename, source.data, source.mime)
-            raw = await images.edit(image=image, **params)
+            raw = await self._sdk(images.edit(image=image, **params))
         else:
-            raw = await images.generate(**params)
+            raw = await self._sdk(images.generate(**params))
         data = getattr(self.parsed(raw), "data", None)
         if data is None:
             raise NoImageReturned("provider answered 200 without a data list")

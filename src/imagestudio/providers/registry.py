@@ -15,13 +15,18 @@ from imagestudio.domain import ApiStyle
 from imagestudio.providers.base import ImageProvider, ProviderConfig
 from imagestudio.providers.openai_chat import OpenAIChatProvider
 from imagestudio.providers.openai_images import HttpClient, OpenAIImagesProvider
+from imagestudio.security.http import Outbound
 
 
 class Adapter(Protocol):
     """How an adapter is built: its config, and optionally an HTTP client it does not own."""
 
     def __call__(
-        self, config: ProviderConfig, *, http_client: HttpClient | None = None
+        self,
+        config: ProviderConfig,
+        *,
+        http_client: HttpClient | None = None,
+        outbound: Outbound | None = None,
     ) -> ImageProvider: ...
 
 
@@ -97,11 +102,17 @@ def provider_size(model: str, width: int, height: int) -> str:
 
 
 def make_provider(
-    config: ProviderConfig, *, http_client: HttpClient | None = None
+    config: ProviderConfig,
+    *,
+    http_client: HttpClient | None = None,
+    outbound: Outbound | None = None,
 ) -> ImageProvider:
-    """The adapter ``ADAPTERS`` has for ``config.api_style`` (``ValueError`` if none);
-    ``http_client`` (if given) stays the caller's."""
+    """The adapter ``ADAPTERS`` has for ``config.api_style`` (``ValueError`` if none).
+
+    ``outbound`` is the process's guarded path (the service always passes it); without it the
+    adapter builds its own from ``config.allow_list``. ``http_client`` (tests) replaces only
+    the SDK's client. Either, if given, stays the caller's."""
     style = config.api_style
     if not is_api_style(style):
         raise ValueError(unknown_api_style(style))
-    return ADAPTERS[style](config, http_client=http_client)
+    return ADAPTERS[style](config, http_client=http_client, outbound=outbound)

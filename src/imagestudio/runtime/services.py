@@ -11,8 +11,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
-
 from imagestudio.domain import FILES_PATH
 from imagestudio.imaging.fetch import SourceFetcher
 from imagestudio.imaging.pool import ImagingExecutor, cpu_count, open_imaging
@@ -22,10 +20,13 @@ from imagestudio.observability.metrics import Metrics
 from imagestudio.policy.governor import GovernorParams
 from imagestudio.policy.quota import Quota
 from imagestudio.policy.retry import RetryPolicy
+from imagestudio.runtime.memory import cap_malloc_arenas, release_freed_memory
 from imagestudio.scheduler.probe import NO_PROBE, Probe
 from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
 from imagestudio.scheduler.worker import Worker, WorkerConfig
 from imagestudio.security.crypto import SecretBox, load_or_create_key
+from imagestudio.security.http import Outbound, OutboundPolicy
+from imagestudio.security.netguard import Resolver, system_resolve
 from imagestudio.settings import Settings
 from imagestudio.storage import open_storage
 from imagestudio.storage.base import ResultStorage
@@ -39,7 +40,7 @@ class Services:
     store: Store
     storage: ResultStorage
     box: SecretBox
-    http: httpx.AsyncClient
+    outbound: Outbound
     providers: ProviderPool
     runner: TaskRunner
     metrics: Metrics
@@ -89,10 +90,16 @@ def files_url(settings: Settings) -> str:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: Settings, *, migrate: bool = True, probe: Probe = NO_PROBE
+    settings: Settings,
+    *,
+    migrate: bool = True,
+    probe: Probe = NO_PROBE,
+    resolver: Resolver = system_resolve,
 ) -> AsyncIterator[Services]:
     """Everything a process needs, closed in order when the block ends. ``probe`` sees the
-    workers' steps and governor moves (benchmarks, tests)."""
+    workers' steps and governor moves (benchmarks, tests); ``resolver`` answers every DNS
+    lookup of the submission check and of the guarded path (tests make names rebind)."""
+    cap_malloc_arenas()  # before the threads (SQLite's, the executor's) take arenas of their own
     url = settings.effective_database_url
     if migrate:
         await migrate_async(url)
@@ -104,13 +111,28 @@ async def open_services(
     )
     box = SecretBox(load_or_create_key(_secret(settings), settings.data_dir))
     storage = open_storage(settings.effective_storage_url)
-    http = httpx.AsyncClient(follow_redirects=False, timeout=settings.source_timeout_seconds)
-    providers = ProviderPool(box, store, settings.provider_timeout_seconds)
-    fetcher = SourceFetcher(
-        http,
+    # Every outbound request of this process (sources, provider calls, result URLs,
+    # webhooks) goes through this one guarded path (security.http).
+    http = Outbound(
+        OutboundPolicy.of(settings.private_allow_list(), resolver),
         max_bytes=settings.source_max_bytes,
-        timeout=settings.source_timeout_seconds,
-        allow_list=settings.private_allow_list(),
+        deadline=settings.source_timeout_seconds,
+    )
+    config = RunnerConfig(
+        policy=retry_policy(settings),
+        max_pixels=settings.max_pixels,
+        provider_timeout=settings.provider_timeout_seconds,
+        files_url=files_url(settings),
+    )
+    providers = ProviderPool(
+        box,
+        store,
+        config.provider_timeout,
+        outbound=http,
+        max_answer_bytes=settings.provider_max_answer_bytes,
+    )
+    fetcher = SourceFetcher(
+        http, max_bytes=settings.source_max_bytes, timeout=settings.source_timeout_seconds
     )
     metrics = Metrics()
     imaging = open_imaging(imaging_processes(settings))
@@ -120,12 +142,7 @@ async def open_services(
         storage=storage,
         fetcher=fetcher,
         providers=providers,
-        config=RunnerConfig(
-            policy=retry_policy(settings),
-            max_pixels=settings.max_pixels,
-            provider_timeout=settings.provider_timeout_seconds,
-            files_url=files_url(settings),
-        ),
+        config=config,
         probe=probe,
         imaging=imaging,
     )
@@ -140,7 +157,9 @@ async def open_services(
         quota=Quota(max_jobs=settings.max_jobs_in_flight, max_images=settings.max_images_in_flight),
         quota_retry_after=settings.quota_retry_after_seconds,
         allow_list=settings.private_allow_list(),
+        resolver=resolver,
         on_new_work=wakeup.set,
+        release_memory=release_freed_memory,
     )
     try:
         await imaging.start()

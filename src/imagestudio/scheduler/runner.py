@@ -41,10 +41,16 @@ from imagestudio.policy.retry import (
     error_kind,
     run_after,
 )
-from imagestudio.providers.base import ImageProvider, ImageRequest, ProviderConfig
+from imagestudio.providers.base import (
+    MAX_ANSWER_BYTES,
+    ImageProvider,
+    ImageRequest,
+    ProviderConfig,
+)
 from imagestudio.providers.registry import make_provider, provider_size
 from imagestudio.scheduler.probe import NO_PROBE, Probe, Stage, timed
 from imagestudio.security.crypto import SecretBox
+from imagestudio.security.http import Outbound
 from imagestudio.security.redact import KNOWN
 from imagestudio.storage import ResultStorage, sweep
 from imagestudio.store.records import ClaimedTask, Failed, Outcome, Requeue, Succeeded
@@ -99,7 +105,7 @@ def result_key(task: ClaimedTask) -> str:
 class RunnerConfig:
     policy: RetryPolicy
     max_pixels: int
-    provider_timeout: float
+    provider_timeout: float  # a total deadline per provider call (the pool's clients use it)
     files_url: str  # the API's files route, e.g. "/api/v1/image_studio/files"
 
 
@@ -131,8 +137,19 @@ class ProviderPool:
     is closed when that call's task lets go of it (``lease``).
     """
 
-    def __init__(self, box: SecretBox, store: Store, timeout: float, size: int = 64) -> None:
+    def __init__(
+        self,
+        box: SecretBox,
+        store: Store,
+        timeout: float,
+        size: int = 64,
+        *,
+        outbound: Outbound,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+    ) -> None:
         self._box, self._store, self._timeout, self._size = box, store, timeout, size
+        self._outbound = outbound  # every client's requests go through the guarded path
+        self._max_answer_bytes = max_answer_bytes
         self._providers: OrderedDict[str, ImageProvider] = OrderedDict()
         self._users: Counter[int] = Counter()  # tasks holding each client, by id()
         self._evicted: dict[int, ImageProvider] = {}
@@ -176,8 +193,9 @@ class ProviderPool:
             model=job.model,
             api_style=job.api_style,
             timeout_seconds=self._timeout,
+            max_answer_bytes=self._max_answer_bytes,
         )
-        self._providers[key] = make_provider(config)
+        self._providers[key] = make_provider(config, outbound=self._outbound)
         if len(self._providers) > self._size:
             _, oldest = self._providers.popitem(last=False)
             await self._retire(oldest)

@@ -1,4 +1,4 @@
-"""Many rows at once: a job's images at intake.
+"""Many rows at once: a job's images (and their prompts) at intake.
 
 A 100,000-image job is 100,000 rows. Going through a compiled Core ``insert()`` spends most of
 the time binding parameters row by row (two UTC datetimes each); here every value that is the
@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imagestudio.domain import ImageSpec, ImageStatus
-from imagestudio.store.tables import ai_job_image
+from imagestudio.store.tables import ai_job_image, ai_job_prompt
 
 SQLITE_BATCH = 10_000
 IMAGE_COLUMNS = (
@@ -30,7 +30,7 @@ IMAGE_COLUMNS = (
     "stem",
     "name",
     "source_url",
-    "prompt",
+    "prompt_idx",
     "status",
     "run_after",
     "updated_at",
@@ -40,9 +40,11 @@ IMAGE_COLUMNS = (
 async def insert_images(
     conn: AsyncConnection, job_pk: str, images: Sequence[ImageSpec], now: datetime
 ) -> None:
-    """Insert the job's images, all ``queued`` and due ``now``."""
+    """Insert the job's images, all ``queued`` and due ``now``, and its prompts: each
+    distinct text once (``ai_job_prompt``), numbered in order of first use."""
     stamp = bind_value(conn, ai_job_image.c.run_after, now)
     queued = ImageStatus.QUEUED.value
+    prompts: dict[str, int] = {}
     rows = [
         (
             job_pk,
@@ -52,13 +54,15 @@ async def insert_images(
             image.stem,
             image.name,
             image.source_url,
-            image.prompt,
+            prompts.setdefault(image.prompt, len(prompts)),
             queued,
             stamp,
             stamp,
         )
         for image in images
     ]
+    texts = [(job_pk, idx, text) for text, idx in prompts.items()]
+    await insert_rows(conn, ai_job_prompt, ("job_pk", "idx", "text"), texts)
     await insert_rows(conn, ai_job_image, IMAGE_COLUMNS, rows)
 
 

@@ -12,7 +12,7 @@ Functions take a connection; the ``Store`` facade chooses the engine and the tra
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +33,13 @@ from imagestudio.store.records import (
     SubmitResult,
 )
 from imagestudio.store.rows import attempt_record, image_record, job_record
-from imagestudio.store.tables import ai_job, ai_job_attempt, ai_job_image, ai_job_secret
+from imagestudio.store.tables import (
+    ai_job,
+    ai_job_attempt,
+    ai_job_image,
+    ai_job_prompt,
+    ai_job_secret,
+)
 
 QUEUED = ImageStatus.QUEUED.value
 
@@ -185,14 +191,25 @@ async def list_jobs(
     return [job_record(r) for r in (await conn.execute(query)).all()]
 
 
+def _with_prompts() -> Any:
+    """Image rows with their prompt's text as ``prompt``."""
+    img, text = ai_job_image, ai_job_prompt
+    joined = img.join(text, and_(text.c.job_pk == img.c.job_pk, text.c.idx == img.c.prompt_idx))
+    return select(img, text.c.text.label("prompt")).select_from(joined)
+
+
 async def images(conn: AsyncConnection, job_pk: str) -> list[ImageRecord]:
     """Every image of the job in payload order (tests, small jobs; the API pages)."""
-    query = (
-        select(ai_job_image)
-        .where(ai_job_image.c.job_pk == job_pk)
-        .order_by(ai_job_image.c.position)
-    )
+    img = ai_job_image
+    query = _with_prompts().where(img.c.job_pk == job_pk).order_by(img.c.position)
     return [image_record(r) for r in (await conn.execute(query)).all()]
+
+
+async def prompts(conn: AsyncConnection, job_pks: Iterable[str]) -> dict[tuple[str, int], str]:
+    """The prompts of these jobs by ``(job_pk, idx)``."""
+    text = ai_job_prompt
+    rows = await conn.execute(select(text).where(text.c.job_pk.in_(sorted(set(job_pks)))))
+    return {(str(r.job_pk), int(r.idx)): str(r.text) for r in rows.all()}
 
 
 async def image_page(
@@ -203,7 +220,7 @@ async def image_page(
     offset."""
     img = ai_job_image
     query = (
-        select(img)
+        _with_prompts()
         .where(img.c.job_pk == job.id, img.c.position >= offset, img.c.position < offset + limit)
         .order_by(img.c.position)
     )

@@ -99,9 +99,11 @@ async def claim_batch(
     await conn.execute(ai_job_attempt.insert(), [_attempt_row(r, worker, now) for r in rows])
     await outbox.append(conn, now, [(r.job_pk, "image", _running_event(r)) for r in rows])
     by_pk = await jobs.jobs_by_pk(conn, job_pks)
+    texts = await jobs.prompts(conn, job_pks)
     order = {image_id: i for i, image_id in enumerate(admitted.ids)}
     rows.sort(key=lambda r: order[r.id])
-    return Claim([claimed(r, by_pk[r.job_pk]) for r in rows], wake_at)
+    tasks = [claimed(r, by_pk[r.job_pk], texts[(r.job_pk, r.prompt_idx)]) for r in rows]
+    return Claim(tasks, wake_at)
 
 
 def _earliest(*times: float | None) -> float | None:

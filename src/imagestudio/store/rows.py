@@ -100,8 +100,9 @@ def attempt_record(row: Row[Any]) -> AttemptRecord:
     )
 
 
-def claimed(row: Row[Any], job: JobRecord) -> ClaimedTask:
-    """A just-leased ``ai_job_image`` row as the task its worker runs."""
+def claimed(row: Row[Any], job: JobRecord, prompt: str) -> ClaimedTask:
+    """A just-leased ``ai_job_image`` row (its prompt's text beside it) as the task its
+    worker runs."""
     return ClaimedTask(
         image_id=row.id,
         job_pk=row.job_pk,
@@ -113,7 +114,7 @@ def claimed(row: Row[Any], job: JobRecord) -> ClaimedTask:
         sku=row.sku,
         stem=row.stem,
         source_url=row.source_url,
-        prompt=row.prompt,
+        prompt=prompt,
         first_started_at=row.first_started_at,
         job=job,
     )

@@ -159,6 +159,16 @@ ai_job_secret = Table(
     Column("api_key_enc", LargeBinary, nullable=False),
 )
 
+# A job's prompts, each text once: a job sends at most a few distinct prompts (the main
+# image's and the others'), and a prompt can be long, so its images point at it by ``idx``.
+ai_job_prompt = Table(
+    "ai_job_prompt",
+    metadata,
+    Column("job_pk", String(36), ForeignKey("ai_job.id", ondelete="CASCADE"), primary_key=True),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("text", Text, nullable=False),
+)
+
 ai_job_image = Table(
     "ai_job_image",
     metadata,
@@ -170,7 +180,7 @@ ai_job_image = Table(
     Column("stem", String(300), nullable=False),
     Column("name", String(300), nullable=False),
     Column("source_url", Text, nullable=False),
-    Column("prompt", Text, nullable=False),
+    Column("prompt_idx", Integer, nullable=False, server_default="0"),
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("calls", Integer, nullable=False, server_default="0"),

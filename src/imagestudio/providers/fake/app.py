@@ -37,11 +37,11 @@ from imagestudio.providers.fake.state import Call, FakeState
 from imagestudio.providers.fake.wire import (
     REDIRECTED,
     WireFault,
+    at_url,
     delivered,
     early_answer,
     find_fault,
     gateway_error,
-    padded,
     restyle_headers,
     restyled_reject,
     with_url,
@@ -125,7 +125,7 @@ class FakeProvider:
             self.state.release(admission)
         if fault is not None and fault.kind == "http":
             return gateway_error(fault)
-        return self._image_answer(request, parsed, padded(image, fault), fault, admission)
+        return self._image_answer(request, parsed, image, fault, admission)
 
     def _image_answer(
         self,
@@ -140,10 +140,16 @@ class FakeProvider:
         else:
             body = images_body(parsed, image, self._file_url(request, parsed, image))
         if fault is not None and fault.kind == "url" and image is not None:
-            missing = fault.arg(0) == "404"
-            file_id = "missing" if missing else self.state.store_file(image)
-            body = with_url(body, str(request.url_for("fake_file", file_id=file_id)))
-        return delivered(fault, body, self._styled(admission.headers, 200))
+            body = with_url(body, self._fault_url(request, fault, image))
+        return delivered(fault, body, self._styled(admission.headers, 200), image)
+
+    def _fault_url(self, request: Request, fault: WireFault, image: bytes) -> str:
+        """The image URL a ``[[url:...]]`` fault answers with."""
+        if fault.arg(0) == "at":
+            return at_url(fault)
+        missing = fault.arg(0) == "404"
+        file_id = "missing" if missing else self.state.store_file(image)
+        return str(request.url_for("fake_file", file_id=file_id))
 
     def _styled(self, headers: dict[str, str], status: int) -> dict[str, str]:
         """The rate-limit headers in the configured shape (``ratelimit_style``)."""

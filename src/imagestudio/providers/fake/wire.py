@@ -10,9 +10,12 @@ misbehaving providers do. Each is asked per call by a prompt trigger (or for eve
 - ``[[redirect:CODE]]`` / ``[[redirect:CODE:HOST[:PORT]]]``: a 3xx to ``/redirected/<path>``
   on this server or on another host (``127.0.0.2``...); the redirected routes ignore it;
 - ``[[url:self]]`` / ``[[url:404]]``: the image as a URL of the fake's ``/files/...``, or of a
-  file that answers 404;
+  file that answers 404; ``[[url:at:HOST:PORT[:PATH]]]``: a URL on any host (a loopback
+  canary, another server), ``http://HOST:PORT/PATH``;
 - ``[[drip:N:T]]``: the body sent N bytes every T ms;
-- ``[[big:N]]``: the image padded with N MB of zeros (a valid PNG start, an oversized answer);
+- ``[[big:N]]`` / ``[[big:N:chunked]]``: the image padded with N MB of zeros (a valid PNG
+  start, an oversized answer), streamed as it is sent (the fake holds 64 KB of it, so a
+  300 MB answer costs the fake nothing), with its ``content-length`` or chunked without one;
 - ``[[http:CODE]]`` / ``[[http:CODE:SECONDS]]``: a gateway-style 5xx page, with
   ``retry-after: SECONDS`` when given;
 - ``[[429:openai|ietf|epoch|bare[:SECONDS]]]``: a rate limit answered in that shape (see
@@ -24,16 +27,17 @@ The rate-limit shapes also apply to the limiter's own headers (``ratelimit_style
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from imagestudio.providers.fake.config import RATELIMIT_STYLES
@@ -160,11 +164,41 @@ def gateway_error(fault: WireFault) -> Response:
     return Response(html, status_code=status, headers=headers, media_type="text/html")
 
 
-def padded(image: bytes | None, fault: WireFault | None) -> bytes | None:
-    """``[[big:N]]``: the image followed by N MB of zeros."""
-    if image is None or fault is None or fault.kind != "big":
-        return image
-    return image + bytes(int(fault.number(0, 1.0) * 1024 * 1024))
+def at_url(fault: WireFault) -> str:
+    """``[[url:at:HOST:PORT[:PATH]]]``: where the answer says its image is."""
+    host, port = fault.arg(1), fault.arg(2, "80")
+    if not host or not port.isdigit():
+        raise bad_request(f"fault url: {fault.args!r} is not at:HOST:PORT[:PATH]")
+    return f"http://{host}:{port}/{fault.arg(3, 'image.png')}"
+
+
+_BLOCK = b"A" * 65536  # base64 of 49,152 zero bytes
+
+
+def big_answer(
+    fault: WireFault, body: dict[str, Any], image: bytes, headers: Mapping[str, str]
+) -> Response:
+    """``[[big:N[:chunked]]]``: the answer with its image followed by N MB of zeros, streamed
+    (the base64 of zeros is ``A``s) with a ``content-length`` unless ``chunked``."""
+    original = base64.b64encode(image).decode()
+    head, found, tail = json.dumps(body).partition(original)
+    if not found:
+        raise bad_request("fault big: the answer holds no image")
+    image += bytes(-len(image) % 3)  # so the zeros' base64 follows on a group boundary
+    extra = int(fault.number(0, 1.0) * 1024 * 1024)
+    extra -= extra % 3
+    prefix, zeros, suffix = head.encode() + base64.b64encode(image), extra // 3 * 4, tail.encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield prefix
+        for offset in range(0, zeros, len(_BLOCK)):
+            yield _BLOCK[: min(len(_BLOCK), zeros - offset)]
+        yield suffix
+
+    sized = dict(headers)
+    if fault.arg(1) != "chunked":
+        sized["content-length"] = str(len(prefix) + zeros + len(suffix))
+    return StreamingResponse(chunks(), headers=sized, media_type="application/json")
 
 
 def with_url(body: dict[str, Any], url: str) -> dict[str, Any]:
@@ -202,10 +236,15 @@ def reshaped(body: dict[str, Any], shape: str) -> bytes | str:
 
 
 def delivered(
-    fault: WireFault | None, body: dict[str, Any], headers: Mapping[str, str]
+    fault: WireFault | None,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+    image: bytes | None = None,
 ) -> Response:
-    """The answer as the fault delivers it: reshaped, dropped mid-way, or drip-fed."""
+    """The answer as the fault delivers it: reshaped, dropped mid-way, drip-fed or padded."""
     kind = fault.kind if fault is not None else ""
+    if fault is not None and kind == "big" and image is not None:
+        return big_answer(fault, body, image, headers)
     content: bytes | str = json.dumps(body).encode()
     media_type = "application/json"
     if fault is not None and kind == "json":
