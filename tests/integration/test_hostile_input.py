@@ -306,3 +306,16 @@ def test_a_stem_made_from_a_long_url_fits_its_column(serve: Serve) -> None:
     assert response.status_code == 201, response.text
     images = client.get("/jobs/job-1/images").json()["images"]
     assert len(images[3]["stem"]) == 300
+
+
+@pytest.mark.parametrize("key", ["sk-a b", "sk-a\nX-Injected: 1", "sk-\u00e9t\u00e9", "k" * 4097])
+def test_an_api_key_that_cannot_go_in_a_header_is_422(serve: Serve, key: str) -> None:
+    client = serve()
+    response = client.post("/jobs", json=job(api_key=key))
+    assert response.status_code == 422, response.text
+    assert fields(response) == ["options.api_key"]
+    assert client.post("/jobs", json=job()).status_code == 201
+    assert client.post("/jobs/job-1/cancel").status_code == 202
+    retried = client.post("/jobs/job-1/retry", json={"api_key": key})
+    assert retried.status_code == 422, retried.text
+    assert fields(retried) == ["api_key"]

@@ -67,6 +67,11 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+MAX_API_KEY = 4096
+# A key goes into an ``Authorization`` header: no control characters, no line breaks.
+API_KEY_PATTERN = re.compile(rf"[\x21-\x7e]{{1,{MAX_API_KEY}}}")
+
+
 @dataclass(frozen=True, slots=True)
 class IntakeLimits:
     max_images: int = 5000
@@ -136,6 +141,12 @@ def build_job_spec(payload: JobPayload, *, user_id: str, limits: IntakeLimits) -
     api_key = (options.api_key or "").strip()
     if not api_key:
         raise PayloadInvalid("options.api_key", "an API key for the image provider is required")
+    if not API_KEY_PATTERN.fullmatch(api_key):
+        raise PayloadInvalid(
+            "options.api_key",
+            f"expected printable ASCII without spaces, at most {MAX_API_KEY} characters"
+            " (it is sent in an HTTP header)",
+        )
     api_base = _check_url("options.api_base", options.api_base or "")
     model = (options.model or "").strip()
     if not model:
