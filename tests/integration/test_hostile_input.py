@@ -4,6 +4,7 @@ a 4xx naming the field (or a stream that carries on), never a 500."""
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,7 +122,7 @@ def test_malformed_bodies_are_422(serve: Serve, body: bytes) -> None:
     assert response.status_code == 422, response.text
 
 
-def test_a_number_of_10000_digits_is_a_4xx(serve: Serve) -> None:
+def test_a_number_of_10000_digits_is_422_naming_the_body(serve: Serve) -> None:
     """Past Python's 4,300-digit limit, the JSON parser itself refuses the body: a 422 naming
     the body, with the parser's reason."""
     client = serve()
@@ -208,3 +209,113 @@ def test_a_job_whose_every_image_failed_says_why(serve: Serve, fake_provider: An
     assert answer["status"] == "failed"
     assert answer["error"].startswith("all 5 images failed; the last: ")
     assert "404" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/jobs/a%00b", "path"),
+        ("/jobs/a%00b/images", "path"),
+        ("/jobs/x%00/retry", "path"),
+        ("/files/a%00.png", "path"),
+        ("/jobs?offset=1%00", "query"),
+    ],
+)
+def test_a_nul_in_the_url_is_400_naming_the_part(serve: Serve, path: str, field: str) -> None:
+    client = serve()
+    method = "POST" if path.endswith("/retry") else "GET"
+    response = client.request(method, path)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == field
+
+
+def _escaped(raw: dict[str, Any], old: str, new: str) -> bytes:
+    text = json.dumps(raw)
+    assert old in text
+    return text.replace(old, new, 1).encode()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "words"),
+    [
+        ('"job_id": "job-1"', '"job_id": "job\\u0000-1"', "job_id", "NUL"),
+        ('"user_id": "user-123"', '"user_id": "u\\u0000"', "user_id", "NUL"),
+        ('"skus": ["SKU1"', '"skus": ["SKU\\u00001"', "options.skus.0", "NUL"),
+        ('"model": "gpt-image-1"', '"model": "gpt\\u0000"', "options.model", "NUL"),
+        (
+            '"common_cn": "',
+            '"common_cn": "\\ud800',
+            "options.prompt_templates.common_cn",
+            "surrogate",
+        ),
+        ('"mode": ', '"extra\\u0000": 1, "mode": ', "extra\\u0000", "NUL"),
+        ('"mode": ', '"x": "\\udfff", "mode": ', "x", "surrogate"),
+    ],
+)
+def test_text_no_database_can_store_is_422_naming_the_field(
+    serve: Serve, old: str, new: str, field: str, words: str
+) -> None:
+    client = serve()
+    body = _escaped(job(), old, new)
+    response = client.post("/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert fields(response) == [field]
+    assert words in response.json()["detail"][0]["msg"]
+
+
+def test_an_escaped_emoji_is_fine(serve: Serve) -> None:
+    client = serve()
+    body = _escaped(job(), '"common_cn": "', '"common_cn": "\\ud83d\\ude00 ')
+    response = client.post("/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda raw: raw["options"].update(model="m" * 201), "options.model"),
+        (
+            lambda raw: raw["options"]["sku_images_map"]["SKU2"][0].update(stem="s" * 301),
+            "options.sku_images_map.SKU2.0.stem",
+        ),
+        (
+            lambda raw: raw["options"]["sku_images_map"]["SKU2"][0].update(name="n" * 301),
+            "options.sku_images_map.SKU2.0.name",
+        ),
+        (lambda raw: raw["options"].update(skus=["S" * 201]), "options.skus.0"),
+    ],
+)
+def test_values_longer_than_their_column_are_422(
+    serve: Serve, mutate: Callable[[dict[str, Any]], None], field: str
+) -> None:
+    client = serve()
+    raw = job()
+    mutate(raw)
+    response = client.post("/jobs", json=raw)
+    assert response.status_code == 422, response.text
+    assert fields(response) == [field]
+
+
+def test_a_stem_made_from_a_long_url_fits_its_column(serve: Serve) -> None:
+    client = serve()
+    raw = job()
+    image = raw["options"]["sku_images_map"]["SKU2"][0]
+    del image["stem"], image["name"]
+    image["url"] = "http://127.0.0.1:9/" + "a" * 5000 + ".jpg"
+    response = client.post("/jobs", json=raw)
+    assert response.status_code == 201, response.text
+    images = client.get("/jobs/job-1/images").json()["images"]
+    assert len(images[3]["stem"]) == 300
+
+
+@pytest.mark.parametrize("key", ["sk-a b", "sk-a\nX-Injected: 1", "sk-\u00e9t\u00e9", "k" * 4097])
+def test_an_api_key_that_cannot_go_in_a_header_is_422(serve: Serve, key: str) -> None:
+    client = serve()
+    response = client.post("/jobs", json=job(api_key=key))
+    assert response.status_code == 422, response.text
+    assert fields(response) == ["options.api_key"]
+    assert client.post("/jobs", json=job()).status_code == 201
+    assert client.post("/jobs/job-1/cancel").status_code == 202
+    retried = client.post("/jobs/job-1/retry", json={"api_key": key})
+    assert retried.status_code == 422, retried.text
+    assert fields(retried) == ["api_key"]

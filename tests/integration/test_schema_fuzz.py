@@ -1,5 +1,5 @@
 """schemathesis against the app's OpenAPI schema on a real server (uvicorn on loopback, real
-SQLite): every generated request must be answered below 500.
+SQLite and PostgreSQL): every generated request must be answered below 500.
 
 Bounded and deterministic: ``derandomize`` fixes the examples, ``MAX_EXAMPLES`` per operation
 keeps the run well under a minute. Three requests in four carry a valid bearer token (the rest
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from imagestudio.api.app import create_app
 from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.domain import API_PREFIX
 from imagestudio.settings import Settings
+from testkit import pg
 from testkit.payloads import batch_payload
 
 MAX_EXAMPLES = 80
@@ -34,12 +36,30 @@ JOB = "job-1"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """SQLite, or a PostgreSQL database cloned from the migrated template (one per module:
+    the examples of every operation share it)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('fuzzdb') / 'fuzz.db'}"
+        return
+    template: str = request.getfixturevalue("pg_template")
+    name = f"imagestudio_fuzz_{uuid.uuid4().hex[:12]}"
+    url = pg.create(name, template=template)
+    try:
+        yield url
+    finally:
+        pg.drop(name)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[str]:
     structlog.reset_defaults()
     tmp_path: Path = tmp_path_factory.mktemp("fuzz")
     app_settings = make_settings(
         tmp_path,
-        f"sqlite+aiosqlite:///{tmp_path / 'fuzz.db'}",
+        database,
         api_tokens=f"{TOKEN}=user-123",
         imaging_processes=0,
         events_poll_seconds=0.05,
@@ -68,6 +88,12 @@ def _coin(case: Any, salt: str) -> int:
     return hashlib.sha256(seed.encode()).digest()[0] % 4
 
 
+@pytest.mark.parametrize(
+    "database",
+    ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+    indirect=True,
+    scope="module",
+)
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from imagestudio.api.limits import BodyLimit, BodyTooLarge
+from imagestudio.api.limits import BodyLimit, BodyTooLarge, NulFreeUrl
 from imagestudio.api.routes import dashboard, files, jobs, results, system
 from imagestudio.domain import API_PREFIX
 from imagestudio.errors import (
@@ -27,6 +27,7 @@ from imagestudio.settings import Settings
 
 def create_app(settings: Settings, *, workers: int = 0) -> FastAPI:
     """The API; with ``workers > 0`` it also runs that many task slots in-process."""
+    settings.token_users()  # a malformed IMAGESTUDIO_API_TOKENS fails here, not per request
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, workers: int = 0) -> FastAPI:
     app = FastAPI(title="imagestudio", version="0.1.0", lifespan=lifespan)
     app.state.worker_loop = None
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(NulFreeUrl)
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(system.router, prefix=API_PREFIX)
     app.include_router(files.router, prefix=API_PREFIX)

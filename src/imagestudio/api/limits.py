@@ -1,4 +1,5 @@
-"""A request body limit, counted on the stream: an ASGI middleware answering 413.
+"""Request limits as ASGI middleware: a body limit counted on the stream (413), and no NUL
+character in the URL (400).
 
 A declared ``Content-Length`` over the limit is refused before a byte of the body is read; a
 body without one (chunked) is counted as it arrives, and the request is refused as soon as it
@@ -32,9 +33,12 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
-def _answer(status: int, detail: str) -> tuple[Message, Message]:
-    error = "body_too_large" if status == 413 else "bad_content_length"
-    body = json.dumps({"detail": detail, "error": error})
+def _answer(status: int, detail: str, field: str | None = None) -> tuple[Message, Message]:
+    error = {413: "body_too_large"}.get(status, "bad_request")
+    answer: dict[str, str] = {"detail": detail, "error": error}
+    if field:
+        answer["field"] = field
+    body = json.dumps(answer)
     start: Message = {
         "type": "http.response.start",
         "status": status,
@@ -60,7 +64,7 @@ class BodyLimit:
         declared = _declared_length(scope)
         if declared is not None and (declared < 0 or declared > self.max_bytes):
             problem = (
-                (400, "the Content-Length header is not a number")
+                (400, "the Content-Length header is not a number", "Content-Length")
                 if declared < 0
                 else (413, str(BodyTooLarge(self.max_bytes).detail))
             )
@@ -94,3 +98,21 @@ class BodyLimit:
                 raise
             for message in _answer(413, str(exc.detail)):
                 await send(message)
+
+
+class NulFreeUrl:
+    """``app`` with a NUL character in the URL's path or query answered 400: no route takes
+    one, and PostgreSQL's text cannot hold one (a job id ``a%00b`` was a 500 there)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            in_path = "\x00" in scope.get("path", "")
+            if in_path or b"%00" in scope.get("query_string", b""):
+                part = "path" if in_path else "query"
+                for message in _answer(400, f"a NUL character in the URL's {part}", part):
+                    await send(message)
+                return
+        await self.app(scope, receive, send)

@@ -31,6 +31,7 @@ from imagestudio.domain import (
 from imagestudio.errors import PayloadInvalid
 from imagestudio.jobs.payload import (
     BATCH_SKU,
+    MAX_STEM,
     JobPayload,
     SourceImage,
     payload_hash,
@@ -68,6 +69,11 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+MAX_API_KEY = 4096
+# A key goes into an ``Authorization`` header: no control characters, no line breaks.
+API_KEY_PATTERN = re.compile(rf"[\x21-\x7e]{{1,{MAX_API_KEY}}}")
+
+
 @dataclass(frozen=True, slots=True)
 class IntakeLimits:
     max_images: int = 5000
@@ -77,11 +83,15 @@ class IntakeLimits:
 def parse_payload(raw: Any) -> JobPayload:
     """Parse JSON (bytes, or already parsed) into a ``JobPayload``; a body that is not JSON
     and pydantic's first error become a ``PayloadInvalid``."""
+    may_hold_nul = True
     if isinstance(raw, bytes | bytearray):
+        may_hold_nul = _UNSTORABLE_ESCAPE.search(raw) is not None
         try:
             raw = json.loads(raw)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             raise PayloadInvalid("body", f"not valid JSON: {exc}") from exc
+    if may_hold_nul:
+        _refuse_unstorable(raw, ())
     try:
         return JobPayload.model_validate(raw)
     except ValidationError as exc:
@@ -90,12 +100,55 @@ def parse_payload(raw: Any) -> JobPayload:
         raise PayloadInvalid(field, first["msg"].removeprefix("Value error, ")) from exc
 
 
+# In JSON, a NUL or a lone surrogate can only be written as an escape (``\u0000``, ``\udXXX``):
+# bodies without one (nearly all) are not walked.
+_UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _shown(key: str) -> str:
+    """``key`` with the characters that cannot be shown or stored escaped."""
+    return "".join(
+        f"\\u{ord(c):04x}" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in key
+    )
+
+
+def _refuse_unstorable(value: Any, path: tuple[str, ...]) -> None:
+    """Refuse a NUL character or a lone surrogate in any string or key, naming where it is:
+    PostgreSQL's text and jsonb cannot hold a NUL, and no database takes text that is not
+    valid Unicode."""
+    if isinstance(value, str):
+        problem = None
+        if "\x00" in value:
+            problem = "contains a NUL character"
+        elif not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                problem = "contains a lone surrogate (not valid Unicode)"
+        if problem:
+            raise PayloadInvalid(".".join(path) or "body", problem)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = (*path, _shown(str(key)))
+            _refuse_unstorable(key, where)
+            _refuse_unstorable(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_unstorable(item, (*path, str(index)))
+
+
 def build_job_spec(payload: JobPayload, *, user_id: str, limits: IntakeLimits) -> JobSpec:
     """Check what pydantic cannot and normalize the payload into a ``JobSpec``."""
     options = payload.options
     api_key = (options.api_key or "").strip()
     if not api_key:
         raise PayloadInvalid("options.api_key", "an API key for the image provider is required")
+    if not API_KEY_PATTERN.fullmatch(api_key):
+        raise PayloadInvalid(
+            "options.api_key",
+            f"expected printable ASCII without spaces, at most {MAX_API_KEY} characters"
+            " (it is sent in an HTTP header)",
+        )
     api_base = _check_url("options.api_base", options.api_base or "")
     model = (options.model or "").strip()
     if not model:
@@ -276,7 +329,7 @@ def _images(payload: JobPayload, limits: IntakeLimits) -> tuple[ImageSpec, ...]:
                 "options.prompt_templates",
                 "no template gives a prompt (need common_cn or common_en)",
             )
-        stem = image.stem or _stem_of(image.name or image.url) or f"{sku}-{index + 1}"
+        stem = image.stem or _stem_of(image.name or image.url)[:MAX_STEM] or f"{sku}-{index + 1}"
         specs.append(
             ImageSpec(
                 position=len(specs),

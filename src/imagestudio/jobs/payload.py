@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from imagestudio.policy.webhooks import shown_url
 from imagestudio.providers.registry import is_api_style, unknown_api_style
@@ -29,10 +29,17 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+# The longest values the tables hold (PostgreSQL enforces them; SQLite does not).
+MAX_SKU = 200
+MAX_STEM = 300
+MAX_MODEL = 200
+Sku = Annotated[str, StringConstraints(max_length=MAX_SKU)]
+
+
 class SourceImage(_Open):
     url: str
-    name: str | None = None
-    stem: str | None = None
+    name: str | None = Field(default=None, max_length=MAX_STEM)
+    stem: str | None = Field(default=None, max_length=MAX_STEM)
 
 
 class OutputSettings(_Open):
@@ -42,12 +49,12 @@ class OutputSettings(_Open):
 
 
 class JobOptions(_Open):
-    skus: list[str] = Field(default_factory=list)
-    sku_images_map: dict[str, list[SourceImage]] = Field(default_factory=dict)
+    skus: list[Sku] = Field(default_factory=list)
+    sku_images_map: dict[Sku, list[SourceImage]] = Field(default_factory=dict)
     settings: OutputSettings = Field(default_factory=OutputSettings)
     api_key: str | None = None
     api_base: str | None = None
-    model: str | None = None
+    model: str | None = Field(default=None, max_length=MAX_MODEL)
     target_width: int | None = None
     target_height: int | None = None
     output_format: str | None = None

@@ -35,6 +35,7 @@ from imagestudio.api.schemas import (
 )
 from imagestudio.api.signed import signed_event, signed_job, signed_page
 from imagestudio.domain import API_PREFIX, TERMINAL_JOB_STATUSES, JobStatus
+from imagestudio.jobs.intake import API_KEY_PATTERN
 from imagestudio.store.records import JobRecord
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -165,7 +166,7 @@ async def cancel_job(
 
 
 class RetryBody(BaseModel):
-    api_key: str | None = Field(default=None, min_length=1)
+    api_key: str | None = Field(default=None, pattern=f"^{API_KEY_PATTERN.pattern}$")
 
 
 class RetryOut(BaseModel):
