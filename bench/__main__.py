@@ -10,6 +10,9 @@ Suites, in order (``--only`` / ``--skip`` pick them):
   pool, the service with each (``bench/imaging.py``, ``bench/out/imaging.md``);
 - ``governor``: the provider governor against the seed's schemes (``bench/governor.py``,
   ``bench/out/governor.md``);
+- ``unseen``: the governor on a provider it was not tuned to (``testkit.provider_sim``: other
+  windows, header dialects, token buckets, 200 in flight; ``bench/unseen.py``,
+  ``bench/out/unseen.md``);
 - ``chaos``: workers killed and PostgreSQL restarted mid-run (``bench/chaos.py``,
   ``bench/out/chaos.md``; it restarts the local PostgreSQL cluster unless
   ``IMAGESTUDIO_CHAOS_PG_RESTART=0``);
@@ -35,7 +38,7 @@ from bench import demo_time, overhead
 from imagestudio.observability.logs import configure_logging
 
 OUT = Path(__file__).resolve().parent / "out" / "overhead.md"
-SUITES = ("overhead", "demo", "imaging", "governor", "chaos", "scale")
+SUITES = ("overhead", "demo", "imaging", "governor", "unseen", "chaos", "scale")
 
 
 def _suites(text: str) -> list[str]:
@@ -115,7 +118,7 @@ def main() -> int:
         except Exception:
             traceback.print_exc()
             failed.append("overhead/demo")
-    for name in ("imaging", "governor", "chaos", "scale"):
+    for name in ("imaging", "governor", "unseen", "chaos", "scale"):
         if name not in chosen:
             continue
         print(f"\n== {name}", flush=True)
