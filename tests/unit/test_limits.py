@@ -231,3 +231,13 @@ def test_the_pace_has_a_hold_of_its_own() -> None:
     state = observe(state, no(10, (11, 30, 30), limit="requests"), P)
     assert state.rate_hold_until > T
     assert state.hold_until == 0.0  # the window is free to grow
+
+
+def test_a_pace_told_only_on_429s_is_not_grown_between_them() -> None:
+    info = RateInfo(limit_requests=6, remaining_requests=0, reset_requests=0.2)
+    told = Observation("rate_limited", T, T, rate=info, started_with=8, starts=(7, 50, 50))
+    state = observe(dataclasses.replace(initial_state(P), latency=2.0), told, P)
+    assert state.rate == pytest.approx(6 * P.header_rate_share)
+    for i in range(50):  # successes carry no headers
+        state = observe(state, ok(12, (6, 50, 50)), P)
+        assert state.rate == pytest.approx(6 * P.header_rate_share), i

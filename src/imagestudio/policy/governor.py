@@ -186,8 +186,9 @@ def _from_headers(state: GovernorState, obs: Observation, params: GovernorParams
         # The limit is per a window the header does not name: the one whose count of our
         # starts matches the provider's (policy.limits.header_window), else the last one
         # found, else a minute (the most cautious reading).
-        window = header_window(info.limit_requests, info.remaining_requests, obs.starts) or window
-        per_window = info.limit_requests * 60 / (window or 60.0)  # per minute
+        found = header_window(info.limit_requests, info.remaining_requests, obs.starts)
+        window = found or window or 60.0
+        per_window = info.limit_requests * 60 / window  # per minute
         rate = (
             None if per_window >= UNLIMITED_REQUESTS else per_window / 60 * params.header_rate_share
         )
@@ -219,7 +220,7 @@ def _on_success(state: GovernorState, obs: Observation, params: GovernorParams) 
     if latency is not None and base is not None and latency > params.brake_ratio * base:
         return state  # calls take far longer than usual: no growth
     state = _grow_window(state, obs, params)
-    if obs.rate is None or obs.rate.limit_requests is None:
+    if state.header_window is None:  # a pace a header set is not grown, even between headers
         state = _grow_rate(state, obs, params)
     return state
 
