@@ -184,7 +184,8 @@ def test_header_limits_are_paced_per_the_window_they_match() -> None:
         (Evidence(8, (6, 50, 120)), (7, 49, 110), 6.0),  # a 1-second window of 6
         (Evidence(8, (9, 60, 120)), (8, 61, 110), 6.0),  # a 10-second window of 60
         (Evidence(8, (9, 60, 120)), (8, 59, 121), 2.0),  # only the minute: 120 per minute
-        (Evidence(8, (1, 1, 1)), (2, 2, 2), None),  # too few to go by
+        (Evidence(8, (1, 1, 1)), (2, 2, 2), 1.0),  # one a second (at L = 20 s, 20 in flight)
+        (Evidence(8, (0, 0, 4)), (0, 0, 5), 4 / 60),  # only the minute covered yet
         (Evidence(8, (6, 50, 120)), (5, 40, 100), None),  # no window over its best
         (Evidence(8), (7, 49, 110), None),
     ],

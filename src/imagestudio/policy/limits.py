@@ -121,11 +121,11 @@ def header_window(
 def evidence_rate(evidence: Evidence, starts: tuple[int, ...] | None) -> float | None:
     """Starts per second a rate limit allows, from the evidence, when a 429 came with more
     starts than accepted calls had in some window: the shortest such window's accepted
-    count over its length (a 1-second limit of 6 shows as 6 accepted in a second), or None
-    (no counts, or too few to go by)."""
+    count over its length (a 1-second limit of 6 shows as 6 accepted in a second; one of 1
+    as 1), or None (no counts)."""
     if starts is None or evidence.starts is None or len(starts) != len(evidence.starts):
         return None
     for window, count, most in zip(STARTS_WINDOWS, starts, evidence.starts, strict=True):
-        if count > most >= 2:
+        if count > most >= 1:
             return most / window
     return None
