@@ -242,3 +242,14 @@ def test_a_pace_told_only_on_429s_is_not_grown_between_them() -> None:
     for i in range(50):  # successes carry no headers
         state = observe(state, ok(12, (6, 50, 50)), P)
         assert state.rate == pytest.approx(6 * P.header_rate_share), i
+
+
+def test_early_in_a_run_a_header_limit_reads_per_minute() -> None:
+    # 3 s into a run: every window holds all 30 starts; the provider counts 30 of its 240
+    info = RateInfo(limit_requests=240, remaining_requests=210, reset_requests=0.25)
+    obs = Observation(
+        "ok", T - 1, T, latency=1.0, rate=info, started_with=8, starts=(10, 30, 30), called_for=3.0
+    )
+    state = observe(initial_state(P), obs, P)
+    assert state.header_window == 60.0
+    assert state.rate == pytest.approx(4 * P.header_rate_share)

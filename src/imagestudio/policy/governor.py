@@ -43,6 +43,7 @@ from imagestudio.policy.limits import (
     Evidence,
     accepted,
     classify,
+    covered,
     evidence_rate,
     header_window,
 )
@@ -150,6 +151,12 @@ class Observation:
     # its starts of the key in the 1, 10 and 60 s before (itself included): policy.limits.
     started_with: int | None = None
     starts: tuple[int, ...] | None = None
+    called_for: float | None = None  # seconds this process has been calling the key
+
+    @property
+    def covered_starts(self) -> tuple[int, ...] | None:
+        """``starts`` of the windows the process has called the key for (policy.limits)."""
+        return covered(self.starts, self.called_for)
 
 
 LONG_COOLDOWN = 30.0  # a cooldown longer than this is logged with its cause
@@ -215,7 +222,7 @@ def _on_success(state: GovernorState, obs: Observation, params: GovernorParams) 
     latency, base = _latencies(state, obs, params)
     state = _with_evidence(
         dataclasses.replace(state, latency=latency, base_latency=base),
-        accepted(state.evidence, obs.started_with, obs.starts),
+        accepted(state.evidence, obs.started_with, obs.covered_starts),
     )
     if latency is not None and base is not None and latency > params.brake_ratio * base:
         return state  # calls take far longer than usual: no growth
@@ -308,7 +315,7 @@ def _limit_hit(state: GovernorState, obs: Observation) -> tuple[LimitKind, bool]
     4. else ``requests`` when it came with fewer calls in flight than the window's ceiling
        (more were fine before, so it is not the number in flight), else ``concurrency``.
     """
-    told = classify(state.evidence, obs.started_with, obs.starts)
+    told = classify(state.evidence, obs.started_with, obs.covered_starts)
     if told is not None:
         return told, True
     if obs.rate is not None and obs.rate.remaining_requests == 0:
@@ -347,7 +354,7 @@ def _on_rate_limited(
     paced = state.effective_rate
     if paced is not None:
         return _slow_pace(state, paced, obs.now, params)
-    told = evidence_rate(state.evidence, obs.starts)
+    told = evidence_rate(state.evidence, obs.covered_starts)
     if told is not None:
         return _first_pace(state, told * params.rate_hold_share, obs.now)
     if obs.in_flight is not None and state.latency:

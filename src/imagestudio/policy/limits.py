@@ -43,6 +43,14 @@ class Evidence:
     starts: tuple[float, ...] | None = None  # the most starts per window (STARTS_WINDOWS)
 
 
+def covered(starts: tuple[int, ...] | None, called_for: float | None) -> tuple[int, ...] | None:
+    """The counts of the windows the caller has been calling the key for at least; 0 for a
+    longer one (its count only grows while a run is younger than it, and tells nothing)."""
+    if starts is None or called_for is None:
+        return starts
+    return tuple(c if called_for >= w else 0 for c, w in zip(starts, STARTS_WINDOWS, strict=True))
+
+
 def accepted(
     evidence: Evidence, started_with: int | None, starts: tuple[int, ...] | None
 ) -> Evidence:

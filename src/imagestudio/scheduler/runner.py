@@ -62,7 +62,7 @@ def governor_observation(
     error: ProviderError,
     sent_at: float,
     now: float,
-    started: tuple[int, tuple[int, ...]] | None = None,
+    started: tuple[int, tuple[int, ...], float] | None = None,
 ) -> Observation | None:
     """What a failed call tells the governor: a 429, back-pressure, or nothing about load.
     ``started``: the calls in flight and the starts per window when it started (CallLog)."""
@@ -77,6 +77,7 @@ def governor_observation(
             wait_cause=error.wait_cause,
             started_with=None if started is None else started[0],
             starts=None if started is None else started[1],
+            called_for=None if started is None else started[2],
         )
     if isinstance(error, ProviderUnavailable | ProviderTimeout):
         return Observation("backpressure", sent_at, now)
@@ -336,6 +337,7 @@ class TaskRunner:
             rate=result.rate,
             started_with=started[0],
             starts=started[1],
+            called_for=started[2],
         )
         await self._end_call(task, sent_at, observation)
         return result.data
