@@ -30,7 +30,8 @@ from imagestudio.imaging.fetch import SourceFetcher
 from imagestudio.imaging.pool import ImagingExecutor, ThreadImaging
 from imagestudio.imaging.process import postprocess, prepare_source
 from imagestudio.observability.metrics import Metrics
-from imagestudio.policy.governor import Observation, long_cooldown
+from imagestudio.policy.cooldown import long_cooldown
+from imagestudio.policy.governor import Observation
 from imagestudio.policy.retry import (
     AttemptState,
     FailImage,
