@@ -10,6 +10,9 @@ Suites, in order (``--only`` / ``--skip`` pick them):
   pool, the service with each (``bench/imaging.py``, ``bench/out/imaging.md``);
 - ``governor``: the provider governor against the seed's schemes (``bench/governor.py``,
   ``bench/out/governor.md``);
+- ``unseen``: the governor on a provider it was not tuned to (``testkit.provider_sim``: other
+  windows, header dialects, token buckets, 200 in flight; ``bench/unseen.py``,
+  ``bench/out/unseen.md``);
 - ``chaos``: workers killed and PostgreSQL restarted mid-run (``bench/chaos.py``,
   ``bench/out/chaos.md``; it restarts the local PostgreSQL cluster unless
   ``IMAGESTUDIO_CHAOS_PG_RESTART=0``);
@@ -46,6 +49,7 @@ SUITES = (
     "demo",
     "imaging",
     "governor",
+    "unseen",
     "chaos",
     "outbound",
     "scale",
@@ -132,7 +136,17 @@ def main() -> int:
             traceback.print_exc()
             failed.append("overhead/demo")
     modules = {"outbound": "outbound_memory"}
-    for name in ("imaging", "governor", "chaos", "outbound", "scale", "s3_clients", "dashboard"):
+    names = (
+        "imaging",
+        "governor",
+        "unseen",
+        "chaos",
+        "outbound",
+        "scale",
+        "s3_clients",
+        "dashboard",
+    )
+    for name in names:
         if name not in chosen:
             continue
         print(f"\n== {name}", flush=True)

@@ -306,6 +306,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--wide", type=float, default=0.0, help="run `wide` at this latency")
     parser.add_argument("--wide-images", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=OUT, help="the report (markdown)")
     return parser.parse_args(argv)
 
 
@@ -329,8 +330,8 @@ def main(argv: Sequence[str] | None = None) -> str:
                 print(table([result]).splitlines()[-1], flush=True)
     text = f"# bench.unseen\n\n`python -m bench.unseen {' '.join(argv or sys.argv[1:])}`\n\n"
     text += table(results) + "\n"
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
     print(text)
     return text
 

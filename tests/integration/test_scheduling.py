@@ -81,6 +81,7 @@ async def test_bad_key_stops_the_job_fast(services: Services) -> None:
 async def test_exhausted_quota_stops_the_job_fast(services: Services) -> None:
     with provider(latency_ms=20) as fake:
         payload = batch_payload(fake.url, "quota", images_per_sku=(20,), api_key="sk-noquota-1")
+        payload["options"]["max_concurrency"] = 4  # calls in flight follow the governor, not slots
         await services.jobs.submit(payload, None)
         await services.worker(4).run_until_idle()
         made = len(calls(fake))

@@ -184,7 +184,8 @@ def test_header_limits_are_paced_per_the_window_they_match() -> None:
         (Evidence(8, (6, 50, 120)), (7, 49, 110), 6.0),  # a 1-second window of 6
         (Evidence(8, (9, 60, 120)), (8, 61, 110), 6.0),  # a 10-second window of 60
         (Evidence(8, (9, 60, 120)), (8, 59, 121), 2.0),  # only the minute: 120 per minute
-        (Evidence(8, (1, 1, 1)), (2, 2, 2), None),  # too few to go by
+        (Evidence(8, (1, 1, 1)), (2, 2, 2), 1.0),  # one a second (at L = 20 s, 20 in flight)
+        (Evidence(8, (0, 0, 4)), (0, 0, 5), 4 / 60),  # only the minute covered yet
         (Evidence(8, (6, 50, 120)), (5, 40, 100), None),  # no window over its best
         (Evidence(8), (7, 49, 110), None),
     ],
@@ -231,3 +232,24 @@ def test_the_pace_has_a_hold_of_its_own() -> None:
     state = observe(state, no(10, (11, 30, 30), limit="requests"), P)
     assert state.rate_hold_until > T
     assert state.hold_until == 0.0  # the window is free to grow
+
+
+def test_a_pace_told_only_on_429s_is_not_grown_between_them() -> None:
+    info = RateInfo(limit_requests=6, remaining_requests=0, reset_requests=0.2)
+    told = Observation("rate_limited", T, T, rate=info, started_with=8, starts=(7, 50, 50))
+    state = observe(dataclasses.replace(initial_state(P), latency=2.0), told, P)
+    assert state.rate == pytest.approx(6 * P.header_rate_share)
+    for i in range(50):  # successes carry no headers
+        state = observe(state, ok(12, (6, 50, 50)), P)
+        assert state.rate == pytest.approx(6 * P.header_rate_share), i
+
+
+def test_early_in_a_run_a_header_limit_reads_per_minute() -> None:
+    # 3 s into a run: every window holds all 30 starts; the provider counts 30 of its 240
+    info = RateInfo(limit_requests=240, remaining_requests=210, reset_requests=0.25)
+    obs = Observation(
+        "ok", T - 1, T, latency=1.0, rate=info, started_with=8, starts=(10, 30, 30), called_for=3.0
+    )
+    state = observe(initial_state(P), obs, P)
+    assert state.header_window == 60.0
+    assert state.rate == pytest.approx(4 * P.header_rate_share)

@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 
 from imagestudio.domain import RateInfo
-from imagestudio.policy.governor import (
-    GovernorParams,
-    Observation,
-    initial_state,
-    long_cooldown,
-    observe,
-)
+from imagestudio.policy.cooldown import long_cooldown
+from imagestudio.policy.governor import GovernorParams, Observation, initial_state, observe
 from imagestudio.providers.retry_after import parse_wait
 
 NOW = 1_800_000_000.0

@@ -43,6 +43,7 @@ from imagestudio.policy.limits import (
     Evidence,
     accepted,
     classify,
+    covered,
     evidence_rate,
     header_window,
 )
@@ -150,21 +151,12 @@ class Observation:
     # its starts of the key in the 1, 10 and 60 s before (itself included): policy.limits.
     started_with: int | None = None
     starts: tuple[int, ...] | None = None
+    called_for: float | None = None  # seconds this process has been calling the key
 
-
-LONG_COOLDOWN = 30.0  # a cooldown longer than this is logged with its cause
-
-
-def long_cooldown(state: GovernorState, obs: Observation) -> float | None:
-    """The seconds of cooldown ``obs`` asked for, when longer than ``LONG_COOLDOWN`` and
-    in force in ``state`` (the state after it), else None: the runner logs those, with
-    ``state.cooldown_cause``."""
-    asked = obs.retry_after or 0.0
-    info = obs.rate
-    if info is not None and info.remaining_requests == 0 and info.reset_requests is not None:
-        asked = max(asked, info.reset_requests)
-    wait = state.cooldown_until - obs.now
-    return wait if asked > LONG_COOLDOWN and wait > LONG_COOLDOWN else None
+    @property
+    def covered_starts(self) -> tuple[int, ...] | None:
+        """``starts`` of the windows the process has called the key for (policy.limits)."""
+        return covered(self.starts, self.called_for)
 
 
 def observe(state: GovernorState, obs: Observation, params: GovernorParams) -> GovernorState:
@@ -186,8 +178,9 @@ def _from_headers(state: GovernorState, obs: Observation, params: GovernorParams
         # The limit is per a window the header does not name: the one whose count of our
         # starts matches the provider's (policy.limits.header_window), else the last one
         # found, else a minute (the most cautious reading).
-        window = header_window(info.limit_requests, info.remaining_requests, obs.starts) or window
-        per_window = info.limit_requests * 60 / (window or 60.0)  # per minute
+        found = header_window(info.limit_requests, info.remaining_requests, obs.starts)
+        window = found or window or 60.0
+        per_window = info.limit_requests * 60 / window  # per minute
         rate = (
             None if per_window >= UNLIMITED_REQUESTS else per_window / 60 * params.header_rate_share
         )
@@ -214,12 +207,12 @@ def _on_success(state: GovernorState, obs: Observation, params: GovernorParams) 
     latency, base = _latencies(state, obs, params)
     state = _with_evidence(
         dataclasses.replace(state, latency=latency, base_latency=base),
-        accepted(state.evidence, obs.started_with, obs.starts),
+        accepted(state.evidence, obs.started_with, obs.covered_starts),
     )
     if latency is not None and base is not None and latency > params.brake_ratio * base:
         return state  # calls take far longer than usual: no growth
     state = _grow_window(state, obs, params)
-    if obs.rate is None or obs.rate.limit_requests is None:
+    if state.header_window is None:  # a pace a header set is not grown, even between headers
         state = _grow_rate(state, obs, params)
     return state
 
@@ -307,7 +300,7 @@ def _limit_hit(state: GovernorState, obs: Observation) -> tuple[LimitKind, bool]
     4. else ``requests`` when it came with fewer calls in flight than the window's ceiling
        (more were fine before, so it is not the number in flight), else ``concurrency``.
     """
-    told = classify(state.evidence, obs.started_with, obs.starts)
+    told = classify(state.evidence, obs.started_with, obs.covered_starts)
     if told is not None:
         return told, True
     if obs.rate is not None and obs.rate.remaining_requests == 0:
@@ -346,7 +339,7 @@ def _on_rate_limited(
     paced = state.effective_rate
     if paced is not None:
         return _slow_pace(state, paced, obs.now, params)
-    told = evidence_rate(state.evidence, obs.starts)
+    told = evidence_rate(state.evidence, obs.covered_starts)
     if told is not None:
         return _first_pace(state, told * params.rate_hold_share, obs.now)
     if obs.in_flight is not None and state.latency:

@@ -6,10 +6,12 @@ all. What does not depend on the dialect is what we did when it said no:
 
 - **calls in flight when the call started** (``started_with``: this process's calls of the key
   in flight, this one included): a concurrency limit says no exactly when more calls are in
-  flight than it allows, so a 429 that came with *fewer* calls in flight than a call that was
+  flight than it allows, so a 429 that came with clearly *fewer* calls in flight (by more
+  than one call or 10%: our count includes answers on their way) than a call that was
   accepted since the last decrease cannot be a concurrency limit;
 - **starts in the last window** (``starts``: this process's starts of the key in the last 1, 10
-  and 60 seconds before the call, this one included): a rate limit says no when a window
+  and 60 seconds before the call, this one included; 0 for a window longer than the process
+  has been calling the key, whose count would only grow): a rate limit says no when a window
   holds more starts than it allows, so a 429 that came with fewer starts in *every* window
   than an accepted call had cannot be a rate limit.
 
@@ -39,6 +41,14 @@ class Evidence:
 
     in_flight: float | None = None  # the most calls in flight a call was accepted with
     starts: tuple[float, ...] | None = None  # the most starts per window (STARTS_WINDOWS)
+
+
+def covered(starts: tuple[int, ...] | None, called_for: float | None) -> tuple[int, ...] | None:
+    """The counts of the windows the caller has been calling the key for at least; 0 for a
+    longer one (its count only grows while a run is younger than it, and tells nothing)."""
+    if starts is None or called_for is None:
+        return starts
+    return tuple(c if called_for >= w else 0 for c, w in zip(starts, STARTS_WINDOWS, strict=True))
 
 
 def accepted(
@@ -79,9 +89,12 @@ def classify(
 
 
 def _exceeds_in_flight(evidence: Evidence, started_with: int | None) -> bool | None:
+    """Whether the 429 came with more calls in flight than accepted calls had; a call or
+    10% short of the most counts as "as many" (our count at a start includes calls the
+    provider has already answered, their answers on the way)."""
     if started_with is None or evidence.in_flight is None:
         return None
-    return started_with > evidence.in_flight
+    return started_with > evidence.in_flight - max(1.0, 0.1 * evidence.in_flight)
 
 
 def _exceeds_starts(evidence: Evidence, starts: tuple[int, ...] | None) -> bool | None:
@@ -116,11 +129,11 @@ def header_window(
 def evidence_rate(evidence: Evidence, starts: tuple[int, ...] | None) -> float | None:
     """Starts per second a rate limit allows, from the evidence, when a 429 came with more
     starts than accepted calls had in some window: the shortest such window's accepted
-    count over its length (a 1-second limit of 6 shows as 6 accepted in a second), or None
-    (no counts, or too few to go by)."""
+    count over its length (a 1-second limit of 6 shows as 6 accepted in a second; one of 1
+    as 1), or None (no counts)."""
     if starts is None or evidence.starts is None or len(starts) != len(evidence.starts):
         return None
     for window, count, most in zip(STARTS_WINDOWS, starts, evidence.starts, strict=True):
-        if count > most >= 2:
+        if count > most >= 1:
             return most / window
     return None

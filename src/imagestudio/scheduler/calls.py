@@ -20,11 +20,14 @@ class CallLog:
     def __init__(self) -> None:
         self._in_flight: defaultdict[str, int] = defaultdict(int)
         self._starts: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._first: dict[str, float] = {}  # the key's first start seen by this process
 
-    def start(self, key: str, now: float | None = None) -> tuple[int, tuple[int, ...]]:
+    def start(self, key: str, now: float | None = None) -> tuple[int, tuple[int, ...], float]:
         """A call of ``key`` starts: the calls in flight with it and its starts per window
-        (``STARTS_WINDOWS``), this one included."""
+        (``STARTS_WINDOWS``), this one included, and for how many seconds this process has
+        been calling the key (a window longer than that holds every start so far)."""
         now = time.monotonic() if now is None else now
+        first = self._first.setdefault(key, now)
         self._in_flight[key] += 1
         starts = self._starts[key]
         starts.append(now)
@@ -32,7 +35,7 @@ class CallLog:
             starts.popleft()
         ordered = list(starts)  # appended in time order
         counts = tuple(len(ordered) - bisect.bisect_left(ordered, now - w) for w in STARTS_WINDOWS)
-        return self._in_flight[key], counts
+        return self._in_flight[key], counts, now - first
 
     def end(self, key: str) -> None:
         self._in_flight[key] -= 1

@@ -31,8 +31,9 @@ from imagestudio.imaging.fetch import SourceFetcher
 from imagestudio.imaging.pool import ImagingExecutor, ThreadImaging
 from imagestudio.imaging.process import postprocess, prepare_source
 from imagestudio.observability.metrics import Metrics
+from imagestudio.policy.cooldown import long_cooldown
 from imagestudio.policy.cost import Price, call_cost, price_for
-from imagestudio.policy.governor import Observation, long_cooldown
+from imagestudio.policy.governor import Observation
 from imagestudio.policy.retry import (
     AttemptState,
     FailImage,
@@ -72,7 +73,7 @@ def governor_observation(
     error: ProviderError,
     sent_at: float,
     now: float,
-    started: tuple[int, tuple[int, ...]] | None = None,
+    started: tuple[int, tuple[int, ...], float] | None = None,
 ) -> Observation | None:
     """What a failed call tells the governor: a 429, back-pressure, or nothing about load.
     ``started``: the calls in flight and the starts per window when it started (CallLog)."""
@@ -87,6 +88,7 @@ def governor_observation(
             wait_cause=error.wait_cause,
             started_with=None if started is None else started[0],
             starts=None if started is None else started[1],
+            called_for=None if started is None else started[2],
         )
     if isinstance(error, ProviderUnavailable | ProviderTimeout):
         return Observation("backpressure", sent_at, now)
@@ -410,6 +412,7 @@ class TaskRunner:
             rate=result.rate,
             started_with=started[0],
             starts=started[1],
+            called_for=started[2],
         )
         await self._end_call(task, sent_at, observation)
         return result.data
