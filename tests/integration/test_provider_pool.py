@@ -10,7 +10,7 @@ import pytest
 from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.providers.base import ImageRequest
 from imagestudio.runtime.services import Services
-from imagestudio.scheduler.runner import ProviderPool
+from imagestudio.scheduler.provider_pool import ProviderPool
 from testkit.payloads import batch_payload
 
 

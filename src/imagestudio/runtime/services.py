@@ -27,7 +27,8 @@ from imagestudio.policy.retry import RetryPolicy
 from imagestudio.policy.webhooks import RetryPlan
 from imagestudio.runtime.memory import cap_malloc_arenas, release_freed_memory
 from imagestudio.scheduler.probe import NO_PROBE, Probe
-from imagestudio.scheduler.runner import ProviderPool, RunnerConfig, TaskRunner
+from imagestudio.scheduler.provider_pool import ProviderPool
+from imagestudio.scheduler.runner import RunnerConfig, TaskRunner
 from imagestudio.scheduler.webhooks import SenderConfig, WebhookSender
 from imagestudio.scheduler.worker import Worker, WorkerConfig
 from imagestudio.security.crypto import SecretBox, load_or_create_key
