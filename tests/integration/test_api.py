@@ -470,7 +470,9 @@ def poll_monitoring_sql(db_url: str, timeout: float = 30.0) -> list[Any]:
 @pytest.mark.postgres
 def test_the_seeds_monitoring_query_sees_results_grow(tmp_path: Path, pg_url: str) -> None:
     slow = create_fake_provider_app(FakeProviderConfig(latency_ms=300, seed=3))
-    settings = make_settings(tmp_path, pg_url)
+    # One task at a time in all: WORKER_CONCURRENCY (workers=1) bounds only the work outside
+    # a provider call; the calls follow the governor up to WORKER_MAX_TASKS.
+    settings = make_settings(tmp_path, pg_url, worker_max_tasks=1)
     with (
         BackgroundServer(slow) as provider,
         BackgroundServer(create_app(settings, workers=1)) as server,
