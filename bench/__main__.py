@@ -136,17 +136,7 @@ def main() -> int:
             traceback.print_exc()
             failed.append("overhead/demo")
     modules = {"outbound": "outbound_memory"}
-    names = (
-        "imaging",
-        "governor",
-        "unseen",
-        "chaos",
-        "outbound",
-        "scale",
-        "s3_clients",
-        "dashboard",
-    )
-    for name in names:
+    for name in SUITES[2:]:  # overhead and demo ran together above
         if name not in chosen:
             continue
         print(f"\n== {name}", flush=True)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,30 @@ def fake_provider_process(workdir: Path, *options: str) -> Iterator[tuple[str, i
         finally:
             proc.kill()
             proc.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def imagestudio_process(
+    *args: str, env: Mapping[str, str], log: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``imagestudio ARGS`` in its own process, its output to ``log`` and ``log``'s folder its
+    working directory (no stray .env file); killed when the block ends if still running."""
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            console_script(),
+            *args,
+            env=dict(env),
+            cwd=log.parent,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=sink,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:

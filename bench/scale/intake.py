@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import httpx
 from bench.scale.rig import Fake, database, memory_mib, payload, service_env, settings
 from imagestudio.cli.background_server import free_port
 from imagestudio.domain import API_PREFIX
-from testkit.fleet import console_script, worker_env
+from testkit.fleet import imagestudio_process, worker_env
 
 
 @dataclass
@@ -50,28 +49,10 @@ async def _wait_healthy(client: httpx.AsyncClient, proc: asyncio.subprocess.Proc
         await asyncio.sleep(0.1)
 
 
-@contextlib.asynccontextmanager
-async def _server(
+def _server(
     env: dict[str, str], port: int, log: Path
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    with log.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            console_script(),
-            "serve",
-            "--port",
-            str(port),
-            env=env,
-            cwd=log.parent,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=sink,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+) -> contextlib.AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    return imagestudio_process("serve", "--port", str(port), env=env, log=log)
 
 
 async def _sample_running(pid: int, seconds: float) -> float:

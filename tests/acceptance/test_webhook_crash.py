@@ -19,7 +19,7 @@ from imagestudio.cli.background_server import BackgroundServer
 from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.webhooks import DeliveryRecord
-from testkit.fleet import console_script, worker_env
+from testkit.fleet import imagestudio_process, worker_env
 from testkit.payloads import batch_payload
 from testkit.settings import loopback_settings
 from testkit.webhook_receiver import WebhookReceiver, whsec
@@ -50,25 +50,10 @@ def receiver() -> Iterator[tuple[WebhookReceiver, str]]:
 
 @asynccontextmanager
 async def worker(settings: Settings, name: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    env = worker_env(settings, **WORKER_ENV)
     log = settings.data_dir / f"{name}.log"
-    with log.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            console_script(),
-            "worker",
-            "--concurrency",
-            "4",
-            env=worker_env(settings, **WORKER_ENV),
-            cwd=settings.data_dir,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=sink,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    try:
+    async with imagestudio_process("worker", "--concurrency", "4", env=env, log=log) as proc:
         yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 async def until(what: str, check: object, settings: Settings) -> None:

@@ -27,7 +27,7 @@ from imagestudio.providers.fake import FakeProviderConfig, create_fake_provider_
 from imagestudio.runtime.services import Services, open_services
 from imagestudio.settings import Settings
 from imagestudio.store.records import ImageRecord
-from testkit.fleet import console_script, worker_env
+from testkit.fleet import imagestudio_process, worker_env
 from testkit.payloads import batch_payload
 from testkit.settings import loopback_settings
 
@@ -80,25 +80,11 @@ class WorkerProcess:
 async def worker_process(
     settings: Settings, name: str, concurrency: int = 4
 ) -> AsyncIterator[WorkerProcess]:
+    env = worker_env(settings, LEASE_SECONDS=str(LEASE_SECONDS), POLL_INTERVAL="0.1")
     log = settings.data_dir / f"{name}.log"
-    with log.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            console_script(),
-            "worker",
-            "--concurrency",
-            str(concurrency),
-            env=worker_env(settings, LEASE_SECONDS=str(LEASE_SECONDS), POLL_INTERVAL="0.1"),
-            cwd=settings.data_dir,  # no stray .env file
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=sink,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    try:
+    args = ("worker", "--concurrency", str(concurrency))
+    async with imagestudio_process(*args, env=env, log=log) as proc:
         yield WorkerProcess(proc, log)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 async def _submitted(services: Services, provider: BackgroundServer, job_id: str) -> str:

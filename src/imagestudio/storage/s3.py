@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiobotocore.config import AioConfig
@@ -151,10 +152,17 @@ class S3Storage:
     async def get(self, key: str) -> bytes:
         name = self._object_key(key)
         client = await self._get_client()
-        try:
+        with self._reading(key):
             answer = await client.get_object(Bucket=self.location.bucket, Key=name)
             async with answer["Body"] as body:
                 return await body.read()
+
+    @contextlib.contextmanager
+    def _reading(self, key: str) -> Iterator[None]:
+        """The bucket's errors while reading ``key`` as ``StorageError`` (a missing object
+        says so)."""
+        try:
+            yield
         except ClientError as exc:
             if _is_missing(exc):
                 raise StorageError(f"no stored result under {key!r}") from exc
@@ -216,14 +224,8 @@ class S3Storage:
     async def serve(self, key: str) -> Served:
         name = self._object_key(key)
         client = await self._get_client()
-        try:
+        with self._reading(key):
             await client.head_object(Bucket=self.location.bucket, Key=name)
-        except ClientError as exc:
-            if _is_missing(exc):
-                raise StorageError(f"no stored result under {key!r}") from exc
-            raise self._failed("read", key, exc) from exc
-        except BotoCoreError as exc:
-            raise self._failed("read", key, exc) from exc
         public = self.public_url(key)
         if public is not None:
             return Redirect(public, max_age=PUBLIC_REDIRECT_MAX_AGE)
